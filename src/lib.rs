@@ -1,0 +1,1 @@
+//! shadowplane: library half of the binary crate (CLI, xDS server, config sources).
