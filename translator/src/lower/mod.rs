@@ -1,5 +1,19 @@
 //! Istio resources → [`ir::Model`]: every Istio semantic (names, defaults, precedence,
 //! percentages, catch-all short-circuit) and every cross-resource check lives here.
+//!
+//! Order of work (each step only reads what earlier steps built):
+//! 1. [`registry`]: ServiceEntry + WorkloadEntry → [`registry::Registry`] (services, ports,
+//!    endpoints with labels).
+//! 2. [`destination_rule`]: DestinationRules → [`destination_rule::RuleIndex`] (merged per host),
+//!    then clusters for every service port plus one per defined subset.
+//! 3. [`virtual_service`] and [`gateway`]: VirtualServices → virtual hosts and routes per port,
+//!    Gateways → gateway listeners; [`listener`] assembles listeners and route configs.
+
+pub mod destination_rule;
+pub mod gateway;
+pub mod listener;
+pub mod registry;
+pub mod virtual_service;
 
 use crate::diag::Diagnostic;
 use crate::ir::Model;
@@ -7,6 +21,29 @@ use crate::source::Resource;
 use crate::Options;
 
 /// Lower all resources. Bad resources are reported and skipped; the rest still translates.
-pub fn lower(_resources: &[Resource], _options: &Options, _diags: &mut Vec<Diagnostic>) -> Model {
-    Model::default()
+pub fn lower(resources: &[Resource], options: &Options, diags: &mut Vec<Diagnostic>) -> Model {
+    let registry = registry::build(resources, options, diags);
+    let rules = destination_rule::index(resources, &registry, options, diags);
+    let clusters = destination_rule::build_clusters(&registry, &rules, options, diags);
+    let (listeners, route_configs) = listener::build(resources, &registry, &rules, options, diags);
+    Model {
+        listeners,
+        route_configs,
+        clusters,
+    }
+}
+
+/// Resolve a short host name the way istiod does: a name without dots gets
+/// `.<namespace>.svc.<domain_suffix>`; anything with a dot (or a wildcard/IP) is kept.
+pub fn resolve_short_name(host: &str, namespace: &str, domain_suffix: &str) -> String {
+    if host.contains('.') || host.starts_with('*') || host.parse::<std::net::IpAddr>().is_ok() {
+        host.to_string()
+    } else {
+        format!("{host}.{namespace}.svc.{domain_suffix}")
+    }
+}
+
+/// Istio's outbound cluster name: `outbound|<port>|<subset>|<fqdn>`.
+pub fn cluster_name(port: u32, subset: Option<&str>, fqdn: &str) -> String {
+    format!("outbound|{port}|{}|{fqdn}", subset.unwrap_or(""))
 }

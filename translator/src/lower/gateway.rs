@@ -1,0 +1,1 @@
+//! Gateway → gateway listeners (`http.<port>` route configs) and which VirtualServices bind to them.

@@ -1,0 +1,1 @@
+//! VirtualService → virtual hosts and routes (match, action, mirrors, retries, fault, CORS, headers).
