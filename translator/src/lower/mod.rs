@@ -10,6 +10,7 @@
 //!    Gateways → gateway listeners; [`listener`] assembles listeners and route configs.
 
 pub mod destination_rule;
+pub mod duration;
 pub mod gateway;
 pub mod listener;
 pub mod registry;
