@@ -14,6 +14,7 @@ pub mod duration;
 pub mod gateway;
 pub mod listener;
 pub mod registry;
+pub mod traffic_policy;
 pub mod route;
 pub mod virtual_service;
 
