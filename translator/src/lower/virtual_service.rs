@@ -86,7 +86,7 @@ enum Action {
     Redirect(RedirectSpec),
     DirectResponse(DirectResponse),
     /// A redirect code Envoy cannot express (istiod emits the route without an action).
-    NoAction,
+    Empty,
 }
 
 #[derive(Debug, Clone)]
@@ -522,7 +522,7 @@ fn compile_rule(
         mirror_ignored(cx, "redirect");
         match action::redirect(cx, r, &format!("{field}.redirect")) {
             Ok(Some(spec)) => Some(Action::Redirect(spec)),
-            Ok(None) => Some(Action::NoAction),
+            Ok(None) => Some(Action::Empty),
             Err(Reported) => None,
         }
     } else if let Some(d) = &http.direct_response {
@@ -866,7 +866,7 @@ impl CompiledVs<'_> {
         route.action = match &rule.action {
             Action::Redirect(r) => RouteAction::Redirect(r.at_port(port)),
             Action::DirectResponse(d) => RouteAction::DirectResponse(d.clone()),
-            Action::NoAction => RouteAction::NoAction,
+            Action::Empty => RouteAction::NoAction,
             Action::Forward(f) => {
                 let hashes: Vec<_> = f
                     .destinations

@@ -11,3 +11,6 @@ pub(crate) mod matcher;
 pub(crate) mod mirror;
 pub(crate) mod retry;
 pub(crate) mod util;
+
+#[cfg(test)]
+mod tests;
