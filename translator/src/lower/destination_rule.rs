@@ -1303,4 +1303,49 @@ subsets:
             LbPolicy::RoundRobin
         );
     }
+
+    #[test]
+    fn diagnostics_point_at_the_yaml_position_of_the_field() {
+        let text = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: calcbackend
+  namespace: challengeistio
+spec:
+  hosts: [calcbackendsvc.challengeistio.svc.cluster.local]
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  resolution: STATIC
+  endpoints:
+  - address: 127.0.0.1
+    labels: {version: v1}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: calcbackend-rule
+  namespace: challengeistio
+spec:
+  host: calcbackendsvc
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+  - name: v1
+    labels:
+      version: v2
+"#;
+        let parsed = crate::parse::parse_file("dr.yaml", text);
+        assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+        let out = run(&parsed.resources);
+        assert_eq!(out.diags.len(), 1, "{:?}", out.diags);
+        let d = &out.diags[0];
+        assert_eq!(d.code, Code::DuplicateName);
+        let loc = d.location.as_ref().unwrap();
+        assert_eq!((loc.file.as_str(), loc.line), ("dr.yaml", 26));
+        assert_eq!(
+            d.resource.as_ref().unwrap().to_string(),
+            "DestinationRule challengeistio/calcbackend-rule"
+        );
+    }
 }

@@ -112,7 +112,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_forms_with_the_value_in_the_message() {
-        for bad in ["", "s", "10", "1.5", "-1s", "10x", "1 s", "abc", "1..5s", "."] {
+        for bad in [
+            "", "s", "10", "1.5", "-1s", "10x", "1 s", "abc", "1..5s", ".",
+        ] {
             let err = parse_duration(bad).expect_err(bad);
             assert!(err.contains(&format!("{bad:?}")), "{err}");
         }
