@@ -264,7 +264,7 @@ fn parse_document(file: &Arc<str>, doc: yaml::Document, out: &mut Parsed) {
         );
         return;
     }
-    let map = match value {
+    let mut map = match value {
         // An empty document (`---` with only comments): nothing to say.
         Value::Null if doc.problems.is_empty() => return,
         Value::Mapping(map) => map,
@@ -381,6 +381,8 @@ fn parse_document(file: &Arc<str>, doc: yaml::Document, out: &mut Parsed) {
     let (Some(api_version), Some(kind), false) = (api_version, kind, missing) else {
         return;
     };
+    let (api_version, kind) = (api_version.to_string(), kind.to_string());
+    let (api_version, kind) = (api_version.as_str(), kind.as_str());
 
     let spec_kind = match dispatch(api_version, kind) {
         Dispatch::Translate(k) => k,
@@ -450,9 +452,9 @@ fn parse_document(file: &Arc<str>, doc: yaml::Document, out: &mut Parsed) {
     }
 
     // metadata: a name is required.
-    let metadata: ObjectMeta = match map.get("metadata") {
+    let metadata: ObjectMeta = match map.remove("metadata") {
         None | Some(Value::Null) => ObjectMeta::default(),
-        Some(v) => match schema::deserialize(v.clone(), "metadata") {
+        Some(v) => match schema::deserialize(v, "metadata") {
             Ok(m) => m,
             Err(e) => {
                 out.diagnostics.push(ctx.schema(e));
@@ -477,9 +479,9 @@ fn parse_document(file: &Arc<str>, doc: yaml::Document, out: &mut Parsed) {
         return;
     }
 
-    let spec = match map.get("spec") {
+    let spec = match map.remove("spec") {
         None | Some(Value::Null) => spec_kind.default_spec(),
-        Some(v) => match spec_kind.typed_spec(v.clone()) {
+        Some(v) => match spec_kind.typed_spec(v) {
             Ok(spec) => spec,
             Err(e) => {
                 out.diagnostics.push(ctx.schema(e));
