@@ -701,3 +701,76 @@ fn listeners_and_route_configs_are_sorted_and_only_for_http_ports() {
     assert_eq!(l.stat_prefix, "outbound_127.0.0.1_9080");
     assert_eq!(l.route_config_name, "9080");
 }
+
+#[test]
+fn consistent_hash_adds_hash_policy_and_drops_previous_hosts() {
+    use crate::ir::HashPolicy;
+    let mut rules = reviews_rules();
+    let policy =
+        |yaml: &str| Some(serde_yaml::from_str(yaml).expect("test traffic policy must parse"));
+    let rule = rules.rules.get_mut(REVIEWS).expect("fixture rule");
+    rule.traffic_policy = policy("loadBalancer: {consistentHash: {httpHeaderName: x-user}}");
+    rule.subsets[1].traffic_policy =
+        policy("loadBalancer: {consistentHash: {httpCookie: {name: session, path: /, ttl: 10s}}}");
+    let out = lower(
+        &[vs(
+            "default",
+            "reviews",
+            r#"
+hosts: [reviews]
+http:
+- match:
+  - uri: {prefix: /v2}
+  route:
+  - destination: {host: reviews, subset: v2}
+- match:
+  - uri: {prefix: /split}
+  route:
+  - destination: {host: reviews, subset: v1}
+    weight: 50
+  - destination: {host: reviews, subset: v3}
+    weight: 50
+- route:
+  - destination: {host: reviews, subset: v1}
+"#,
+        )],
+        &reviews_registry(),
+        &rules,
+    );
+    let routes = &out.vhost("9080", &format!("{REVIEWS}:9080")).routes;
+    // Subset-level policy wins for v2.
+    let v2 = forward(&routes[0]);
+    assert_eq!(
+        v2.hash_policy,
+        vec![HashPolicy::Cookie {
+            name: "session".to_string(),
+            path: Some("/".to_string()),
+            ttl: Some(Duration::from_secs(10)),
+        }]
+    );
+    assert!(!v2.retry.as_ref().expect("retry").previous_hosts_predicate);
+    // Weighted: no hash policy, but the predicate still goes.
+    let split = forward(&routes[1]);
+    assert!(split.hash_policy.is_empty());
+    assert!(
+        !split
+            .retry
+            .as_ref()
+            .expect("retry")
+            .previous_hosts_predicate
+    );
+    let v1 = forward(&routes[2]);
+    assert_eq!(
+        v1.hash_policy,
+        vec![HashPolicy::Header("x-user".to_string())]
+    );
+
+    // Services without a VirtualService: the default route hashes too.
+    let out = lower(&[], &reviews_registry(), &rules);
+    let d = forward(&out.vhost("9080", &format!("{REVIEWS}:9080")).routes[0]);
+    assert_eq!(
+        d.hash_policy,
+        vec![HashPolicy::Header("x-user".to_string())]
+    );
+    assert!(!d.retry.as_ref().expect("retry").previous_hosts_predicate);
+}
