@@ -1,0 +1,1335 @@
+//! `shadowplane serve`: the one place that wires the config source, the translator, the
+//! snapshot cache, the xDS server and the admin server together.
+//!
+//! ```text
+//! --config paths ─► config_source::files ─► translate (per node view) ─► SnapshotCache ─► xds::serve ─► proxies
+//!   (watched)         (debounced readings)    last-good check              (per group)                    │
+//!                                                                                 ProxyRegistry ◄─ ACK/NACK┘
+//!                                                 admin (/readyz, /metrics, /debug/*) ◄─ observer (NACKs, convergence)
+//! ```
+//!
+//! **Last good config.** A reading whose translation has an error that would change what is
+//! served (see [`blocks_serving`]) is logged (each diagnostic as `validate` prints it), shown
+//! on `/debug/errors` and counted in `shadowplane_config_errors`, and *not* served: the previous
+//! snapshot keeps serving everyone, new connections included. Fixing the file resumes.
+//! An unreadable config (a path that disappeared, a non-UTF-8 file) is handled the same way.
+//! The server never exits because of its input.
+//!
+//! **Startup with a broken config.** The server starts anyway, serves nothing yet (proxies
+//! that connect wait for a first snapshot), answers `/readyz` with 503 and the reason, and
+//! keeps watching; the first good reading makes it ready.
+//!
+//! **Per-node views.** Every proxy gets the same config, except for what its node metadata
+//! asks for, where Envoy and Istio users put it:
+//! - `NAMESPACE` (what Istio sidecars send): short host names follow Istio's rules for a
+//!   proxy in that namespace ([`Options::proxy_namespace`]);
+//! - `BIND_ADDRESS` (shadowplane's): the address the listeners bind to, e.g. `127.0.0.1` for
+//!   an Envoy on a laptop (default `--bind-address`, `0.0.0.0` like istiod).
+//!
+//! Each distinct view is a snapshot group, translated the first time a proxy with that view
+//! connects and again on every config change.
+//!
+//! **Make-before-break.** On an aggregated stream the server sends clusters and endpoints
+//! before listeners and routes. On top of that a change is pushed in phases when needed, each
+//! gated on the group's proxies acknowledging the previous one (or `phase_timeout`):
+//! new clusters (and endpoints) first with the old routes; then the new routes with the old
+//! clusters still present; then the final snapshot that removes the old clusters. A change
+//! that adds or removes no cluster, or leaves listeners and routes alone, is one push.
+
+mod attribution;
+
+pub use attribution::SourceRef;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::value::Kind;
+use serde_json::json;
+use shadowplane_translator::{diag, print, Code, Diagnostic, Options, Parsed, Severity, Translation};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminView};
+use crate::config_source::{ConfigLoad, Debounce, FileSource, WatchError};
+use crate::metrics::{Metrics, ReloadResult};
+use crate::xds::registry::ProxyStatus;
+use crate::xds::resource::{self, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use crate::xds::{ProxyRegistry, Snapshot, SnapshotCache, DEFAULT_GROUP};
+
+/// Default `--xds-listen`.
+pub const DEFAULT_XDS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 18000);
+/// Default `--admin-listen`.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 19000);
+/// Node metadata key naming the proxy's namespace (Istio sidecars send it).
+pub const NAMESPACE_KEY: &str = "NAMESPACE";
+/// Node metadata key naming the address the proxy's listeners bind to.
+pub const BIND_ADDRESS_KEY: &str = "BIND_ADDRESS";
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// `--config`: files and folders, watched.
+    pub config_paths: Vec<PathBuf>,
+    /// `--xds-listen`: where proxies connect (gRPC, plaintext).
+    pub xds_listen: SocketAddr,
+    /// `--admin-listen`: health, metrics and debug pages (HTTP). Keep it on loopback.
+    pub admin_listen: SocketAddr,
+    /// Translation options for proxies that do not say otherwise in their node metadata.
+    pub options: Options,
+    /// How long the config folder must be quiet before it is re-read.
+    pub debounce: Debounce,
+    /// How long one make-before-break phase waits for the proxies' ACKs before going on.
+    pub phase_timeout: Duration,
+    /// How long shutdown waits for open connections before closing them.
+    pub drain_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// Defaults for everything but the paths.
+    pub fn new(config_paths: Vec<PathBuf>) -> ServeConfig {
+        ServeConfig {
+            config_paths,
+            xds_listen: DEFAULT_XDS_LISTEN,
+            admin_listen: DEFAULT_ADMIN_LISTEN,
+            options: Options::default(),
+            debounce: Debounce::default(),
+            phase_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why `serve` could not start or stopped with an error. Bad config is never one of these.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("no config given; pass --config PATH (a YAML file or a folder)")]
+    NoConfigPaths,
+    #[error("cannot listen for {what} on {addr}: {source}; {hint}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        hint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error(transparent)]
+    Xds(#[from] crate::xds::ServeError),
+    #[error("a serve task failed: {0}")]
+    Task(String),
+}
+
+/// A started server: its bound addresses and a way to stop it.
+pub struct RunningServer {
+    xds_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningServer {
+    /// The xDS address actually bound (useful with port 0).
+    pub fn xds_addr(&self) -> SocketAddr {
+        self.xds_addr
+    }
+
+    /// The admin address actually bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Stop gracefully: close the listeners, end the xDS streams (proxies reconnect
+    /// elsewhere), let admin requests finish, and wait (bounded by the drain timeout).
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.shutdown_tx.send(true);
+        self.wait().await
+    }
+
+    /// Wait until the server stops (after [`RunningServer::shutdown`] or a fatal error).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(ServeError::Task(e.to_string())),
+        }
+    }
+}
+
+/// Run until `shutdown` completes or the process gets SIGTERM or Ctrl-C, then drain.
+pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let server = start(cfg).await?;
+    tracing::info!(
+        xds = %server.xds_addr(),
+        admin = %server.admin_addr(),
+        "shadowplane serving"
+    );
+    tokio::select! {
+        _ = shutdown => {}
+        _ = shutdown_signal() => {}
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await
+}
+
+/// Resolves on SIGTERM (Unix) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| {
+        let hint = if source.kind() == std::io::ErrorKind::AddrInUse {
+            format!("another process holds the port; stop it or pick another address with {flag} ADDR:PORT")
+        } else {
+            format!("pick another address with {flag} ADDR:PORT")
+        };
+        ServeError::Bind {
+            what,
+            addr,
+            hint,
+            source,
+        }
+    })
+}
+
+/// Bind both listeners, read the config once, and start everything in the background.
+pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServeError> {
+    if cfg.config_paths.is_empty() {
+        return Err(ServeError::NoConfigPaths);
+    }
+    let xds_listener = bind(cfg.xds_listen, "xDS", "--xds-listen").await?;
+    let admin_listener = bind(cfg.admin_listen, "the admin server", "--admin-listen").await?;
+    let xds_addr = xds_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            what: "xDS",
+            addr: cfg.xds_listen,
+            hint: "pick another address with --xds-listen ADDR:PORT".to_string(),
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            what: "the admin server",
+            addr: cfg.admin_listen,
+            hint: "pick another address with --admin-listen ADDR:PORT".to_string(),
+            source,
+        })?;
+
+    let source = FileSource::start(cfg.config_paths.clone(), cfg.debounce)?;
+    let (group_tx, group_rx) = mpsc::unbounded_channel();
+    let grouping = node_grouping(cfg.options.clone(), group_tx);
+    let cache = Arc::new(SnapshotCache::with_grouping(grouping));
+    let registry = Arc::new(ProxyRegistry::new());
+    let app = Arc::new(App {
+        options: cfg.options.clone(),
+        phase_timeout: cfg.phase_timeout,
+        cache: cache.clone(),
+        registry: registry.clone(),
+        metrics: Metrics::new(registry.clone()),
+        state: ArcSwap::from_pointee(ConfigState::default()),
+        groups: Mutex::new(BTreeMap::new()),
+        nacks: Mutex::new(VecDeque::new()),
+    });
+    // The first reading is applied before anything listens, so the first proxy to connect
+    // gets the config at once.
+    let mut loads = source.subscribe();
+    let first = loads.borrow_and_update().clone();
+    app.apply_load(&first);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let drain = cfg.drain_timeout;
+    let task = tokio::spawn(supervise(
+        app,
+        source,
+        loads,
+        group_rx,
+        xds_listener,
+        admin_listener,
+        shutdown_rx,
+        drain,
+    ));
+    Ok(RunningServer {
+        xds_addr,
+        admin_addr,
+        shutdown_tx,
+        task,
+    })
+}
+
+async fn wait_for_true(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone: treat it as shutdown.
+    let _ = rx.wait_for(|down| *down).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    app: Arc<App>,
+    source: FileSource,
+    loads: watch::Receiver<Arc<ConfigLoad>>,
+    groups: mpsc::UnboundedReceiver<(String, NodeView)>,
+    xds_listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) -> Result<(), ServeError> {
+    let xds = tokio::spawn(crate::xds::serve(
+        xds_listener,
+        app.cache.clone(),
+        app.registry.clone(),
+        wait_for_true(shutdown.clone()),
+    ));
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        app.clone() as Arc<dyn AdminView>,
+        wait_for_true(shutdown.clone()),
+        drain,
+    ));
+    let control = tokio::spawn(control_loop(
+        app.clone(),
+        loads,
+        groups,
+        wait_for_true(shutdown.clone()),
+    ));
+
+    let mut xds = xds;
+    let result = tokio::select! {
+        r = &mut xds => {
+            // The xDS server stopped before shutdown was asked: a fatal transport error.
+            match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ServeError::Xds(e)),
+                Err(e) => Err(ServeError::Task(e.to_string())),
+            }
+        }
+        _ = wait_for_true(shutdown.clone()) => {
+            match tokio::time::timeout(drain, &mut xds).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(e))) => Err(ServeError::Xds(e)),
+                Ok(Err(e)) => Err(ServeError::Task(e.to_string())),
+                Err(_) => {
+                    tracing::warn!("xDS connections still open after {drain:?}; closing them");
+                    xds.abort();
+                    Ok(())
+                }
+            }
+        }
+    };
+    drop(source);
+    control.abort();
+    if tokio::time::timeout(drain, admin).await.is_err() {
+        tracing::debug!("admin server did not stop within the drain time");
+    }
+    tracing::info!("shadowplane stopped");
+    result
+}
+
+/// Apply config readings and new node groups; watch ACKs and NACKs.
+async fn control_loop(
+    app: Arc<App>,
+    mut loads: watch::Receiver<Arc<ConfigLoad>>,
+    mut groups: mpsc::UnboundedReceiver<(String, NodeView)>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut observer = Observer::default();
+    let mut loads_open = true;
+    loop {
+        let busy = app.has_pending_phases() || observer.converging.is_some();
+        let tick = if busy {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_millis(200)
+        };
+        tokio::select! {
+            _ = &mut shutdown => return,
+            changed = loads.changed(), if loads_open => {
+                if changed.is_err() {
+                    loads_open = false;
+                    continue;
+                }
+                let load = loads.borrow_and_update().clone();
+                if app.apply_load(&load) {
+                    observer.converging = Some((load.generation, Instant::now()));
+                }
+            }
+            Some((name, view)) = groups.recv() => {
+                app.add_group(&name, view);
+            }
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let proxies = app.registry.snapshot();
+        app.advance_phases(&proxies);
+        observer.observe(&app, &proxies);
+    }
+}
+
+// ===== node views =====
+
+/// What a proxy's node metadata changes in its config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NodeView {
+    /// `NAMESPACE`, when it differs from `--proxy-namespace`.
+    pub namespace: Option<String>,
+    /// `BIND_ADDRESS`, when it differs from `--bind-address`.
+    pub bind_address: Option<String>,
+}
+
+impl NodeView {
+    /// The view of `node`, relative to the server's default `options`. Values that are not a
+    /// namespace name or an IP address are ignored (with a warning).
+    pub fn of(node: &Node, options: &Options) -> NodeView {
+        let get = |key: &str| -> Option<String> {
+            let value = node.metadata.as_ref()?.fields.get(key)?;
+            match &value.kind {
+                Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+                _ => None,
+            }
+        };
+        let namespace = get(NAMESPACE_KEY).filter(|ns| {
+            let ok = is_dns_label(ns);
+            if !ok {
+                tracing::warn!(node = %node.id, namespace = %ns, "ignoring node metadata NAMESPACE: not a namespace name (lowercase letters, digits and '-')");
+            }
+            ok && options.proxy_namespace.as_deref() != Some(ns.as_str())
+        });
+        let bind_address = get(BIND_ADDRESS_KEY).filter(|addr| {
+            let ok = addr.parse::<IpAddr>().is_ok();
+            if !ok {
+                tracing::warn!(node = %node.id, bind_address = %addr, "ignoring node metadata BIND_ADDRESS: not an IP address such as 127.0.0.1 or 0.0.0.0");
+            }
+            ok && *addr != options.bind_address
+        });
+        NodeView {
+            namespace,
+            bind_address,
+        }
+    }
+
+    /// The snapshot group name: `default`, or `namespace=<ns>`, `bind=<addr>`, or both.
+    pub fn group(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(ns) = &self.namespace {
+            parts.push(format!("namespace={ns}"));
+        }
+        if let Some(addr) = &self.bind_address {
+            parts.push(format!("bind={addr}"));
+        }
+        if parts.is_empty() {
+            DEFAULT_GROUP.to_string()
+        } else {
+            parts.join(",")
+        }
+    }
+
+    /// The translation options for this view.
+    pub fn options(&self, base: &Options) -> Options {
+        let mut options = base.clone();
+        if let Some(ns) = &self.namespace {
+            options.proxy_namespace = Some(ns.clone());
+        }
+        if let Some(addr) = &self.bind_address {
+            options.bind_address = addr.clone();
+        }
+        options
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// The cache's grouping function: a node's view names its group; the first time a group is
+/// seen it is reported on `new_groups` so the control loop translates for it.
+fn node_grouping(
+    options: Options,
+    new_groups: mpsc::UnboundedSender<(String, NodeView)>,
+) -> crate::xds::NodeGrouping {
+    let seen = Mutex::new(BTreeSet::from([DEFAULT_GROUP.to_string()]));
+    Arc::new(move |node: &Node| {
+        let view = NodeView::of(node, &options);
+        let group = view.group();
+        let first = seen
+            .lock()
+            .map(|mut s| s.insert(group.clone()))
+            .unwrap_or(false);
+        if first {
+            let _ = new_groups.send((group.clone(), view));
+        }
+        group
+    })
+}
+
+// ===== config state =====
+
+/// Whether a diagnostic keeps a config from being served. Every error does, except
+/// references to hosts or subsets that do not exist (IST0101): istiod serves those (Envoy
+/// answers 503 for them), and so does shadowplane (`validate` still reports them).
+pub fn blocks_serving(d: &Diagnostic) -> bool {
+    d.is_error() && d.code != Code::ReferencedResourceNotFound
+}
+
+/// The config being served.
+struct Served {
+    generation: u64,
+    parsed: Arc<Parsed>,
+    /// The default view's translation.
+    translation: Arc<Translation>,
+    /// Overall version of the default group's snapshot.
+    version: String,
+    applied_unix_ms: u64,
+}
+
+/// Why the latest reading is not served.
+enum Problem {
+    Read(String),
+    Diagnostics(Vec<Diagnostic>),
+    Snapshot(String),
+}
+
+struct Rejected {
+    generation: u64,
+    at_unix_ms: u64,
+    problem: Problem,
+}
+
+impl Rejected {
+    fn error_count(&self) -> usize {
+        match &self.problem {
+            Problem::Diagnostics(d) => d.iter().filter(|d| blocks_serving(d)).count(),
+            Problem::Read(_) | Problem::Snapshot(_) => 1,
+        }
+    }
+
+    /// One line: the first error and how many more.
+    fn summary(&self) -> String {
+        let first = match &self.problem {
+            Problem::Read(e) | Problem::Snapshot(e) => e.clone(),
+            Problem::Diagnostics(d) => d
+                .iter()
+                .find(|d| blocks_serving(d))
+                .map(one_line)
+                .unwrap_or_default(),
+        };
+        match self.error_count() {
+            0 | 1 => first,
+            n => format!("{first} (and {} more)", n - 1),
+        }
+    }
+}
+
+#[derive(Default)]
+struct ConfigState {
+    served: Option<Arc<Served>>,
+    rejected: Option<Arc<Rejected>>,
+}
+
+/// One snapshot group: a node view and where its push stands.
+struct Group {
+    view: NodeView,
+    /// The snapshot the group should end up with.
+    target: Arc<Snapshot>,
+    /// What the cache holds for the group now.
+    current: Arc<Snapshot>,
+    set_at: Instant,
+    set_at_unix_ms: u64,
+    /// Make-before-break phases still to push, in order; the last is `target`.
+    pending: VecDeque<(&'static str, Arc<Snapshot>)>,
+    phase: &'static str,
+}
+
+/// A NACK as shown on `/debug/errors`.
+#[derive(Debug, Clone, serde::Serialize)]
+struct NackRecord {
+    at_unix_ms: u64,
+    node_id: String,
+    type_url: String,
+    version: String,
+    resource_names: Vec<String>,
+    message: String,
+    sources: Vec<SourceRef>,
+}
+
+const MAX_NACKS: usize = 20;
+
+struct App {
+    options: Options,
+    phase_timeout: Duration,
+    cache: Arc<SnapshotCache>,
+    registry: Arc<ProxyRegistry>,
+    metrics: Metrics,
+    state: ArcSwap<ConfigState>,
+    groups: Mutex<BTreeMap<String, Group>>,
+    nacks: Mutex<VecDeque<NackRecord>>,
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// `error[CODE] file:line:col: ...` with the hint on the same line.
+fn one_line(d: &Diagnostic) -> String {
+    d.to_string().replace("\n  hint: ", " (hint: ") + if d.hint.is_some() { ")" } else { "" }
+}
+
+fn log_diagnostic(d: &Diagnostic) {
+    let line = one_line(d);
+    match d.severity {
+        Severity::Error if blocks_serving(d) => tracing::error!("{line}"),
+        Severity::Error | Severity::Warning => tracing::warn!("{line}"),
+        Severity::Info => tracing::debug!("{line}"),
+    }
+}
+
+/// Overall version of a snapshot: a hash of its per-type versions.
+fn snapshot_version(s: &Snapshot) -> String {
+    let versions = s.versions();
+    resource::set_version(versions.iter().map(|(t, v)| (t.as_str(), v.as_str())))
+}
+
+impl App {
+    fn lock_groups(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Group>> {
+        // A poisoned lock means a panic elsewhere; the map itself is still consistent.
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_nacks(&self) -> std::sync::MutexGuard<'_, VecDeque<NackRecord>> {
+        self.nacks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reject(&self, generation: u64, problem: Problem) {
+        let rejected = Rejected {
+            generation,
+            at_unix_ms: now_unix_ms(),
+            problem,
+        };
+        let served = self.state.load().served.clone();
+        match &served {
+            Some(s) => tracing::error!(
+                generation,
+                serving = s.generation,
+                version = %s.version,
+                "config rejected: {}; still serving the last good config",
+                rejected.summary()
+            ),
+            None => tracing::error!(
+                generation,
+                "config rejected: {}; nothing is served until the config is fixed",
+                rejected.summary()
+            ),
+        }
+        self.metrics.set_config_errors(rejected.error_count());
+        self.metrics.reload(ReloadResult::Rejected);
+        self.state.store(Arc::new(ConfigState {
+            served,
+            rejected: Some(Arc::new(rejected)),
+        }));
+    }
+
+    /// Translate and serve a reading if it is good. Returns whether any group's snapshot
+    /// changed.
+    fn apply_load(&self, load: &ConfigLoad) -> bool {
+        let files = match &load.result {
+            Ok(files) => files,
+            Err(e) => {
+                self.reject(load.generation, Problem::Read(e.to_string()));
+                return false;
+            }
+        };
+        let parsed = Arc::new(shadowplane_translator::parse::parse_files(files));
+        let translation = shadowplane_translator::translate(&parsed, &self.options);
+        for d in &translation.diagnostics {
+            log_diagnostic(d);
+        }
+        if translation.diagnostics.iter().any(blocks_serving) {
+            self.reject(
+                load.generation,
+                Problem::Diagnostics(translation.diagnostics.clone()),
+            );
+            return false;
+        }
+        let default_snapshot = match Snapshot::from_resources(&translation.resources) {
+            Ok(s) => s,
+            Err(e) => {
+                self.reject(load.generation, Problem::Snapshot(e.to_string()));
+                return false;
+            }
+        };
+        for problem in default_snapshot.consistent().problems() {
+            tracing::warn!("{problem}");
+        }
+        let version = snapshot_version(&default_snapshot);
+        let previous_version = self.state.load().served.as_ref().map(|s| s.version.clone());
+
+        // Every other group, translated from the same parse.
+        let mut changed = self.set_target(DEFAULT_GROUP, NodeView::default(), default_snapshot);
+        let others: Vec<(String, NodeView)> = self
+            .lock_groups()
+            .iter()
+            .filter(|(name, _)| name.as_str() != DEFAULT_GROUP)
+            .map(|(name, g)| (name.clone(), g.view.clone()))
+            .collect();
+        for (name, view) in others {
+            if let Some(snapshot) = self.translate_view(&parsed, &view) {
+                changed |= self.set_target(&name, view, snapshot);
+            }
+        }
+
+        let result = if previous_version.as_deref() == Some(version.as_str()) {
+            ReloadResult::Unchanged
+        } else {
+            ReloadResult::Applied
+        };
+        tracing::info!(
+            generation = load.generation,
+            %version,
+            files = files.len(),
+            result = result.as_str(),
+            "config applied"
+        );
+        self.metrics.reload(result);
+        self.metrics.set_config_errors(0);
+        self.metrics.set_snapshot_version(&version);
+        self.state.store(Arc::new(ConfigState {
+            served: Some(Arc::new(Served {
+                generation: load.generation,
+                parsed,
+                translation: Arc::new(translation),
+                version,
+                applied_unix_ms: now_unix_ms(),
+            })),
+            rejected: None,
+        }));
+        changed
+    }
+
+    /// Translate the served config for a non-default view.
+    fn translate_view(&self, parsed: &Parsed, view: &NodeView) -> Option<Snapshot> {
+        let translation = shadowplane_translator::translate(parsed, &view.options(&self.options));
+        let group = view.group();
+        for d in translation.diagnostics.iter().filter(|d| blocks_serving(d)) {
+            tracing::warn!(%group, "{}", one_line(d));
+        }
+        match Snapshot::from_resources(&translation.resources) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(%group, "cannot build the snapshot for this node view: {e}; the group keeps its previous config");
+                None
+            }
+        }
+    }
+
+    /// A proxy with a new view connected: translate the served config for it.
+    fn add_group(&self, name: &str, view: NodeView) {
+        tracing::info!(group = %name, "new node view");
+        let served = self.state.load().served.clone();
+        let Some(served) = served else {
+            // Nothing served yet: remember the view; the first good config covers it.
+            self.lock_groups().entry(name.to_string()).or_insert_with(|| {
+                let empty = Arc::new(Snapshot::empty());
+                Group {
+                    view,
+                    target: empty.clone(),
+                    current: empty,
+                    set_at: Instant::now(),
+                    set_at_unix_ms: now_unix_ms(),
+                    pending: VecDeque::new(),
+                    phase: "waiting for a good config",
+                }
+            });
+            return;
+        };
+        if let Some(snapshot) = self.translate_view(&served.parsed, &view) {
+            self.set_target(name, view, snapshot);
+        }
+    }
+
+    /// Make `snapshot` the target of `group`, pushing it in make-before-break phases when
+    /// proxies already have an older config. Returns whether anything is pushed.
+    fn set_target(&self, name: &str, view: NodeView, snapshot: Snapshot) -> bool {
+        let target = Arc::new(snapshot);
+        let mut groups = self.lock_groups();
+        let first = !groups.contains_key(name)
+            || groups
+                .get(name)
+                .is_some_and(|g| g.current.is_empty() && self.cache.snapshot(name).is_none());
+        if first {
+            self.cache.set_snapshot(name, (*target).clone());
+            groups.insert(
+                name.to_string(),
+                Group {
+                    view,
+                    target: target.clone(),
+                    current: target,
+                    set_at: Instant::now(),
+                    set_at_unix_ms: now_unix_ms(),
+                    pending: VecDeque::new(),
+                    phase: "final",
+                },
+            );
+            return true;
+        }
+        let Some(group) = groups.get_mut(name) else {
+            return false;
+        };
+        if *group.target == *target && group.pending.is_empty() {
+            return false;
+        }
+        group.view = view;
+        group.target = target.clone();
+        group.pending = phases(&group.current, &target);
+        let Some((phase, first)) = group.pending.pop_front() else {
+            // Already there (a pending transition was reverted).
+            return false;
+        };
+        if phase != "final" {
+            tracing::debug!(group = %name, phase, "make-before-break: pushing in phases");
+        }
+        group.phase = phase;
+        group.current = first.clone();
+        group.set_at = Instant::now();
+        group.set_at_unix_ms = now_unix_ms();
+        self.cache.set_snapshot(name, (*first).clone());
+        true
+    }
+
+    fn has_pending_phases(&self) -> bool {
+        self.lock_groups().values().any(|g| !g.pending.is_empty())
+    }
+
+    /// Push the next phase of every group whose proxies acknowledged the current one (or
+    /// that waited `phase_timeout`).
+    fn advance_phases(&self, proxies: &[ProxyStatus]) {
+        let mut groups = self.lock_groups();
+        for (name, group) in groups.iter_mut() {
+            if group.pending.is_empty() {
+                continue;
+            }
+            let acked = group_acked(name, &group.current, proxies);
+            if !acked && group.set_at.elapsed() < self.phase_timeout {
+                continue;
+            }
+            if !acked {
+                tracing::warn!(group = %name, phase = group.phase, timeout = ?self.phase_timeout, "proxies did not acknowledge this phase in time; pushing the next one anyway");
+            }
+            if let Some((phase, next)) = group.pending.pop_front() {
+                tracing::debug!(group = %name, phase, "make-before-break: next phase");
+                group.phase = phase;
+                group.current = next.clone();
+                group.set_at = Instant::now();
+                group.set_at_unix_ms = now_unix_ms();
+                self.cache.set_snapshot(name, (*next).clone());
+            }
+        }
+    }
+
+    fn record_nack(&self, record: NackRecord) {
+        let mut nacks = self.lock_nacks();
+        nacks.push_front(record);
+        nacks.truncate(MAX_NACKS);
+    }
+}
+
+/// Whether every stream of `group` acknowledged `snapshot` for each type it was sent.
+fn group_acked(group: &str, snapshot: &Snapshot, proxies: &[ProxyStatus]) -> bool {
+    proxies.iter().filter(|p| p.group == group).all(|p| {
+        p.types
+            .iter()
+            .filter(|t| t.version_sent.is_some())
+            .all(|t| t.version_acked.as_deref() == Some(snapshot.version(&t.type_url)))
+    })
+}
+
+/// The snapshots to push, in order, to go from `current` to `target` without dropping
+/// traffic: new clusters before the routes that use them, old clusters removed only after
+/// the routes stopped using them.
+fn phases(current: &Snapshot, target: &Arc<Snapshot>) -> VecDeque<(&'static str, Arc<Snapshot>)> {
+    let mut out: VecDeque<(&'static str, Arc<Snapshot>)> = VecDeque::new();
+    if current == &**target {
+        return out;
+    }
+    let names = |s: &Snapshot| s.resources(CLUSTER).keys().cloned().collect::<BTreeSet<_>>();
+    let (old, new) = (names(current), names(target));
+    let routing_changes = current.version(LISTENER) != target.version(LISTENER)
+        || current.version(ROUTE) != target.version(ROUTE);
+    let adds = new.difference(&old).next().is_some();
+    let removes = old.difference(&new).next().is_some();
+    if routing_changes && adds {
+        // Phase 1: old and new clusters and endpoints, old listeners and routes.
+        if let Some(s) = mixed(current, target, &[LISTENER, ROUTE], current) {
+            out.push_back(("clusters added", Arc::new(s)));
+        }
+    }
+    if routing_changes && removes {
+        // Phase 2: old and new clusters and endpoints, new listeners and routes.
+        if let Some(s) = mixed(current, target, &[LISTENER, ROUTE], target) {
+            out.push_back(("routes switched", Arc::new(s)));
+        }
+    }
+    out.push_back(("final", target.clone()));
+    out
+}
+
+/// Clusters and endpoints: the union of `current` and `target` (target wins on a name);
+/// `routing_types` from `routing_from`; every other type from `target`.
+fn mixed(
+    current: &Snapshot,
+    target: &Snapshot,
+    routing_types: &[&str],
+    routing_from: &Snapshot,
+) -> Option<Snapshot> {
+    let mut types: BTreeSet<&str> = current.type_urls().collect();
+    types.extend(target.type_urls());
+    let mut items = Vec::new();
+    for type_url in types {
+        if type_url == CLUSTER || type_url == ENDPOINT {
+            let mut merged = current.resources(type_url).clone();
+            merged.extend(
+                target
+                    .resources(type_url)
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+            items.extend(merged.into_values().map(|r| (*r).clone()));
+        } else if routing_types.contains(&type_url) {
+            items.extend(routing_from.resources(type_url).values().map(|r| (**r).clone()));
+        } else {
+            items.extend(target.resources(type_url).values().map(|r| (**r).clone()));
+        }
+    }
+    match Snapshot::new(items) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            // Names come from snapshots that were valid on their own: cannot happen.
+            tracing::error!("cannot build a make-before-break phase: {e}; pushing the final config at once");
+            None
+        }
+    }
+}
+
+// ===== observer: NACKs, push latency, convergence =====
+
+#[derive(Default)]
+struct Observer {
+    /// (stream, type) → the last NACK time seen.
+    nacks_seen: BTreeMap<(u64, String), u64>,
+    /// (stream, type) → the swap time whose push was already measured.
+    pushes_seen: BTreeMap<(u64, String), u64>,
+    /// Generation being converged and when it was applied.
+    converging: Option<(u64, Instant)>,
+}
+
+impl Observer {
+    fn observe(&mut self, app: &App, proxies: &[ProxyStatus]) {
+        let live: BTreeSet<u64> = proxies.iter().map(|p| p.stream_id).collect();
+        self.nacks_seen.retain(|(id, _), _| live.contains(id));
+        self.pushes_seen.retain(|(id, _), _| live.contains(id));
+
+        let set_at: BTreeMap<String, u64> = app
+            .lock_groups()
+            .iter()
+            .map(|(n, g)| (n.clone(), g.set_at_unix_ms))
+            .collect();
+        for p in proxies {
+            for t in &p.types {
+                let key = (p.stream_id, t.type_url.clone());
+                // Push latency: first push after the group's latest swap.
+                if let (Some(pushed), Some(swapped)) = (t.last_push_unix_ms, set_at.get(&p.group)) {
+                    if pushed >= *swapped && self.pushes_seen.get(&key) != Some(swapped) {
+                        self.pushes_seen.insert(key.clone(), *swapped);
+                        app.metrics
+                            .observe_push(&t.type_url, (pushed - swapped) as f64 / 1000.0);
+                    }
+                }
+                // NACKs.
+                if let Some(nack) = &t.last_nack {
+                    if self.nacks_seen.get(&key) != Some(&nack.at_unix_ms) {
+                        self.nacks_seen.insert(key, nack.at_unix_ms);
+                        app.on_nack(p, &t.type_url, nack);
+                    }
+                }
+            }
+        }
+
+        if let Some((generation, since)) = self.converging {
+            if app.has_pending_phases() {
+                return;
+            }
+            let groups = app.lock_groups();
+            let all = proxies.iter().all(|p| match groups.get(&p.group) {
+                Some(g) => group_acked(&p.group, &g.current, std::slice::from_ref(p)),
+                None => true,
+            });
+            drop(groups);
+            if all {
+                if !proxies.is_empty() {
+                    let elapsed = since.elapsed();
+                    tracing::debug!(generation, ?elapsed, proxies = proxies.len(), "config converged: every proxy acknowledged it");
+                    app.metrics.observe_convergence(elapsed.as_secs_f64());
+                }
+                self.converging = None;
+            }
+        }
+    }
+}
+
+impl App {
+    fn on_nack(&self, proxy: &ProxyStatus, type_url: &str, nack: &crate::xds::NackStatus) {
+        let served = self.state.load().served.clone();
+        let sources = match &served {
+            Some(s) => attribution::attribute(
+                type_url,
+                &nack
+                    .resource_names
+                    .iter()
+                    .map(|n| n.trim_start_matches('-').to_string())
+                    .collect::<Vec<_>>(),
+                &nack.message,
+                &s.translation.model,
+                &s.parsed,
+                &self.options.domain_suffix,
+            ),
+            None => Vec::new(),
+        };
+        let source_list = if sources.is_empty() {
+            "unknown".to_string()
+        } else {
+            sources
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        tracing::warn!(
+            node = %proxy.node_id,
+            type_url = resource::short_type(type_url),
+            version = %nack.version,
+            names = ?nack.resource_names,
+            source = %source_list,
+            "proxy rejected config: {}",
+            nack.message
+        );
+        self.record_nack(NackRecord {
+            at_unix_ms: nack.at_unix_ms,
+            node_id: proxy.node_id.clone(),
+            type_url: type_url.to_string(),
+            version: nack.version.clone(),
+            resource_names: nack.resource_names.clone(),
+            message: nack.message.clone(),
+            sources,
+        });
+    }
+}
+
+// ===== admin pages =====
+
+impl AdminView for App {
+    fn readiness(&self) -> Result<(), String> {
+        let state = self.state.load();
+        if state.served.is_some() {
+            return Ok(());
+        }
+        Err(match &state.rejected {
+            Some(r) => format!("no good config yet: {}", r.summary()),
+            None => "no config read yet".to_string(),
+        })
+    }
+
+    fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+
+    fn proxies_json(&self) -> serde_json::Value {
+        let proxies = self.registry.snapshot();
+        let groups = self.lock_groups();
+        let list: Vec<serde_json::Value> = proxies
+            .iter()
+            .map(|p| {
+                let mut v = serde_json::to_value(p).unwrap_or_else(|e| json!({"@error": e.to_string()}));
+                // Istio's proxy-status words per type: SYNCED, NOT SENT, STALE, NACKED.
+                if let (Some(group), Some(types)) = (groups.get(&p.group), v.get_mut("types").and_then(|t| t.as_array_mut())) {
+                    for (t, status) in types.iter_mut().zip(&p.types) {
+                        let current = group.current.version(&status.type_url);
+                        let sync = if status.last_nack.as_ref().is_some_and(|n| Some(&n.version) == status.version_sent.as_ref()) {
+                            "NACKED"
+                        } else if status.version_sent.is_none() {
+                            "NOT SENT"
+                        } else if status.version_acked.as_deref() == Some(current) {
+                            "SYNCED"
+                        } else {
+                            "STALE"
+                        };
+                        if let Some(obj) = t.as_object_mut() {
+                            obj.insert("sync".into(), json!(sync));
+                            obj.insert("version_current".into(), json!(current));
+                        }
+                    }
+                }
+                v
+            })
+            .collect();
+        json!({ "proxies": list })
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        let state = self.state.load();
+        let groups: serde_json::Map<String, serde_json::Value> = self
+            .lock_groups()
+            .iter()
+            .map(|(name, g)| {
+                (
+                    name.clone(),
+                    json!({
+                        "version": snapshot_version(&g.current),
+                        "target_version": snapshot_version(&g.target),
+                        "phase": g.phase,
+                        "versions": g.current.versions(),
+                    }),
+                )
+            })
+            .collect();
+        let rejected = state.rejected.as_ref().map(|r| {
+            let mut v = json!({
+                "generation": r.generation,
+                "at_unix_ms": r.at_unix_ms,
+                "errors": r.error_count(),
+            });
+            match &r.problem {
+                Problem::Read(e) | Problem::Snapshot(e) => v["error"] = json!(e),
+                Problem::Diagnostics(d) => v["diagnostics"] = print::diagnostics_to_json(d),
+            }
+            v
+        });
+        match &state.served {
+            Some(s) => json!({
+                "status": if rejected.is_some() { "serving the last good config; the latest reading was rejected" } else { "serving the latest config" },
+                "generation": s.generation,
+                "version": s.version,
+                "applied_at_unix_ms": s.applied_unix_ms,
+                "resources": print::resources_to_json(&s.translation.resources),
+                "diagnostics": print::diagnostics_to_json(&s.translation.diagnostics),
+                "rejected": rejected,
+                "groups": groups,
+            }),
+            None => json!({
+                "status": "no good config yet",
+                "resources": null,
+                "rejected": rejected,
+                "groups": groups,
+            }),
+        }
+    }
+
+    fn errors_text(&self) -> String {
+        let state = self.state.load();
+        let mut out = String::new();
+        match (&state.rejected, &state.served) {
+            (None, Some(s)) => out.push_str(&format!(
+                "no config errors: serving generation {} (version {})\n",
+                s.generation, s.version
+            )),
+            (None, None) => out.push_str("no config read yet\n"),
+            (Some(r), served) => {
+                match served {
+                    Some(s) => out.push_str(&format!(
+                        "config rejected (reading {}, {} error(s)); still serving generation {} (version {})\n",
+                        r.generation,
+                        r.error_count(),
+                        s.generation,
+                        s.version
+                    )),
+                    None => out.push_str(&format!(
+                        "config rejected (reading {}, {} error(s)); nothing served until it is fixed\n",
+                        r.generation,
+                        r.error_count()
+                    )),
+                }
+                out.push('\n');
+                match &r.problem {
+                    Problem::Read(e) | Problem::Snapshot(e) => {
+                        out.push_str(&format!("error: {e}\n"));
+                    }
+                    Problem::Diagnostics(diags) => {
+                        let mut diags = diags.clone();
+                        diag::sort(&mut diags);
+                        for d in diags.iter().filter(|d| d.severity != Severity::Info) {
+                            out.push_str(&format!("{d}\n"));
+                        }
+                    }
+                }
+            }
+        }
+        let nacks = self.lock_nacks();
+        if nacks.is_empty() {
+            out.push_str("\nno NACKs\n");
+        } else {
+            out.push_str("\nrecent NACKs (newest first):\n");
+            for n in nacks.iter() {
+                out.push_str(&format!(
+                    "{} node {} rejected {} version {} {:?}: {}\n",
+                    n.at_unix_ms,
+                    n.node_id,
+                    resource::short_type(&n.type_url),
+                    n.version,
+                    n.resource_names,
+                    n.message
+                ));
+                for s in &n.sources {
+                    out.push_str(&format!("  source: {s}\n"));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::{Struct, Value};
+
+    fn node(meta: &[(&str, &str)]) -> Node {
+        Node {
+            id: "n".into(),
+            metadata: Some(Struct {
+                fields: meta
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            Value {
+                                kind: Some(Kind::StringValue(v.to_string())),
+                            },
+                        )
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn node_metadata_selects_namespace_and_bind_address() {
+        let base = Options::default();
+        assert_eq!(NodeView::of(&node(&[]), &base).group(), "default");
+        let view = NodeView::of(
+            &node(&[("NAMESPACE", "challengeistio"), ("BIND_ADDRESS", "127.0.0.1")]),
+            &base,
+        );
+        assert_eq!(view.group(), "namespace=challengeistio,bind=127.0.0.1");
+        let options = view.options(&base);
+        assert_eq!(options.proxy_namespace.as_deref(), Some("challengeistio"));
+        assert_eq!(options.bind_address, "127.0.0.1");
+        // Same as the server default: same group as everyone.
+        assert_eq!(
+            NodeView::of(&node(&[("BIND_ADDRESS", "0.0.0.0")]), &base).group(),
+            "default"
+        );
+        // Garbage is ignored.
+        assert_eq!(
+            NodeView::of(&node(&[("NAMESPACE", "Not_A_NS"), ("BIND_ADDRESS", "localhost")]), &base)
+                .group(),
+            "default"
+        );
+    }
+
+    #[test]
+    fn unknown_subsets_do_not_block_but_other_errors_do() {
+        let undefined = Diagnostic::error(Code::ReferencedResourceNotFound, "subset v3 not found");
+        let typo = Diagnostic::error(Code::UnknownField, "unknown field subest");
+        let warning = Diagnostic::warning(Code::DeprecatedField, "mirrorPercent");
+        assert!(!blocks_serving(&undefined));
+        assert!(blocks_serving(&typo));
+        assert!(!blocks_serving(&warning));
+    }
+
+    fn cluster(name: &str, body: &str) -> crate::xds::EncodedResource {
+        crate::xds::EncodedResource::new(CLUSTER, name, body.as_bytes().to_vec())
+    }
+
+    fn route(name: &str, body: &str) -> crate::xds::EncodedResource {
+        crate::xds::EncodedResource::new(ROUTE, name, body.as_bytes().to_vec())
+    }
+
+    fn names(s: &Snapshot, type_url: &str) -> Vec<String> {
+        s.resources(type_url).keys().cloned().collect()
+    }
+
+    #[test]
+    fn retargeting_a_route_adds_clusters_first_and_removes_them_last() {
+        let current = Snapshot::new([cluster("a", "a"), route("80", "to a")]).expect("snapshot");
+        let target =
+            Arc::new(Snapshot::new([cluster("b", "b"), route("80", "to b")]).expect("snapshot"));
+        let phases = phases(&current, &target);
+        let labels: Vec<&str> = phases.iter().map(|(l, _)| *l).collect();
+        assert_eq!(labels, ["clusters added", "routes switched", "final"]);
+        let (_, one) = &phases[0];
+        assert_eq!(names(one, CLUSTER), ["a", "b"]);
+        assert_eq!(one.get(ROUTE, "80"), current.get(ROUTE, "80"));
+        let (_, two) = &phases[1];
+        assert_eq!(names(two, CLUSTER), ["a", "b"]);
+        assert_eq!(two.get(ROUTE, "80"), target.get(ROUTE, "80"));
+        assert_eq!(*phases[2].1, *target);
+    }
+
+    #[test]
+    fn changes_that_keep_the_cluster_set_are_one_push() {
+        let current = Snapshot::new([cluster("a", "a"), route("80", "to a")]).expect("snapshot");
+        let target = Arc::new(
+            Snapshot::new([cluster("a", "a2"), route("80", "to a, new timeout")]).expect("snapshot"),
+        );
+        let labels: Vec<&str> = phases(&current, &target).iter().map(|(l, _)| *l).collect();
+        assert_eq!(labels, ["final"]);
+        // Adding a cluster nobody routes to yet: one push too.
+        let target = Arc::new(
+            Snapshot::new([cluster("a", "a"), cluster("b", "b"), route("80", "to a")])
+                .expect("snapshot"),
+        );
+        let labels: Vec<&str> = phases(&current, &target).iter().map(|(l, _)| *l).collect();
+        assert_eq!(labels, ["final"]);
+    }
+}
