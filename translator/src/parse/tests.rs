@@ -1009,3 +1009,13 @@ fn unclosed_flow_collection_hint() {
         Some("check for a [ or { before line 2 that is not closed")
     );
 }
+
+#[test]
+fn byte_order_mark_and_crlf_line_endings() {
+    let text = "\u{feff}apiVersion: networking.istio.io/v1\r\nkind: DestinationRule\r\nmetadata:\r\n  name: r\r\nspec:\r\n  host: r\r\n";
+    let parsed = parse_file("win.yaml", text);
+    assert!(parsed.diagnostics.is_empty(), "{:#?}", parsed.diagnostics);
+    assert_eq!(dr(&parsed.resources[0]).host, "r");
+    assert_eq!(pos(&parsed.resources[0], "spec.host"), Some((6, 3)));
+    assert_eq!(pos(&parsed.resources[0], "kind"), Some((2, 1)));
+}

@@ -65,6 +65,9 @@ fn position(mark: &Marker) -> (u32, u32) {
 
 /// Load every document of `text`. Never panics; a syntax error ends the stream.
 pub(crate) fn load(text: &str) -> Loaded {
+    // A byte order mark (files saved by some Windows editors) is not part of the content;
+    // editors do not count it as a column either.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut parser = Parser::new_from_str(text);
     let mut documents = Vec::new();
     let mut current: Option<DocBuilder> = None;
