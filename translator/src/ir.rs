@@ -147,10 +147,6 @@ pub enum RouteAction {
     Forward(Box<Forward>),
     Redirect(Redirect),
     DirectResponse(DirectResponse),
-    /// A redirect with a code Envoy cannot express: istiod emits a route with no action,
-    /// which Envoy rejects only if it is the route's sole content; we keep istiod's behaviour
-    /// and report an error diagnostic.
-    NoAction,
 }
 
 #[derive(Debug, Clone, PartialEq)]

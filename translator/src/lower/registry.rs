@@ -636,6 +636,23 @@ fn add_service_entry(
             endpoints.extend(select_workloads(res, sel, resolution, workloads, diags));
         }
     }
+    // Envoy's LOGICAL_DNS cluster takes exactly one endpoint; istiod's validation says the same.
+    if resolution == Resolution::DnsRoundRobin && endpoints.len() > 1 {
+        diags.push(
+            res.diag(
+                Diagnostic::error(
+                    Code::InvalidValue,
+                    format!(
+                        "there must only be one endpoint for resolution mode DNS_ROUND_ROBIN (got {})",
+                        endpoints.len()
+                    ),
+                ),
+                "spec.endpoints[1]",
+            )
+            .hint("keep one endpoint, or use resolution DNS to resolve several; only the first endpoint is used"),
+        );
+        endpoints.truncate(1);
+    }
 
     let mut seen_hosts: BTreeSet<&str> = BTreeSet::new();
     for (i, host) in se.hosts.iter().enumerate() {

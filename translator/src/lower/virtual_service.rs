@@ -85,8 +85,6 @@ enum Action {
     Forward(ForwardSpec),
     Redirect(RedirectSpec),
     DirectResponse(DirectResponse),
-    /// A redirect code Envoy cannot express (istiod emits the route without an action).
-    Empty,
 }
 
 #[derive(Debug, Clone)]
@@ -520,11 +518,9 @@ fn compile_rule(
 
     let action = if let Some(r) = &http.redirect {
         mirror_ignored(cx, "redirect");
-        match action::redirect(cx, r, &format!("{field}.redirect")) {
-            Ok(Some(spec)) => Some(Action::Redirect(spec)),
-            Ok(None) => Some(Action::Empty),
-            Err(Reported) => None,
-        }
+        action::redirect(cx, r, &format!("{field}.redirect"))
+            .ok()
+            .map(Action::Redirect)
     } else if let Some(d) = &http.direct_response {
         mirror_ignored(cx, "directResponse");
         action::direct_response(cx, d, &format!("{field}.directResponse"))
@@ -845,28 +841,13 @@ impl CompiledVs<'_> {
         };
         let path = decorator_path(&matcher.path);
         let mut decorator = format!("{}:{port}{path}", self.name());
-        let mut route = Route {
-            name,
-            matcher,
-            action: RouteAction::NoAction,
-            request_headers_to_add: rule.headers.request_add.clone(),
-            request_headers_to_remove: rule.headers.request_remove.clone(),
-            response_headers_to_add: rule.headers.response_add.clone(),
-            response_headers_to_remove: rule.headers.response_remove.clone(),
-            fault: rule.fault.clone(),
-            cors: rule.cors.clone(),
-            config_path: Some(format!(
-                "/apis/networking.istio.io/v1/namespaces/{}/virtual-service/{}",
-                self.namespace(),
-                self.name()
-            )),
-            decorator: String::new(),
-            stat_prefix: m.and_then(|m| m.stat_prefix.clone()),
-        };
-        route.action = match &rule.action {
+        let mut request_headers_to_add = rule.headers.request_add.clone();
+        let mut request_headers_to_remove = rule.headers.request_remove.clone();
+        let mut response_headers_to_add = rule.headers.response_add.clone();
+        let mut response_headers_to_remove = rule.headers.response_remove.clone();
+        let action = match &rule.action {
             Action::Redirect(r) => RouteAction::Redirect(r.at_port(port)),
             Action::DirectResponse(d) => RouteAction::DirectResponse(d.clone()),
-            Action::Empty => RouteAction::NoAction,
             Action::Forward(f) => {
                 let hashes: Vec<_> = f
                     .destinations
@@ -883,18 +864,10 @@ impl CompiledVs<'_> {
                 let mut host_rewrite_literal = f.authority.clone();
                 let mut hash_policy = Vec::new();
                 let destination = if let [d] = f.destinations.as_slice() {
-                    route
-                        .request_headers_to_add
-                        .extend(d.headers.request_add.iter().cloned());
-                    route
-                        .request_headers_to_remove
-                        .extend(d.headers.request_remove.iter().cloned());
-                    route
-                        .response_headers_to_add
-                        .extend(d.headers.response_add.iter().cloned());
-                    route
-                        .response_headers_to_remove
-                        .extend(d.headers.response_remove.iter().cloned());
+                    request_headers_to_add.extend(d.headers.request_add.iter().cloned());
+                    request_headers_to_remove.extend(d.headers.request_remove.iter().cloned());
+                    response_headers_to_add.extend(d.headers.response_add.iter().cloned());
+                    response_headers_to_remove.extend(d.headers.response_remove.iter().cloned());
                     if host_rewrite_literal.is_none() {
                         host_rewrite_literal = d.headers.authority.clone();
                     }
@@ -946,8 +919,24 @@ impl CompiledVs<'_> {
                 }))
             }
         };
-        route.decorator = decorator;
-        route
+        Route {
+            name,
+            matcher,
+            action,
+            request_headers_to_add,
+            request_headers_to_remove,
+            response_headers_to_add,
+            response_headers_to_remove,
+            fault: rule.fault.clone(),
+            cors: rule.cors.clone(),
+            config_path: Some(format!(
+                "/apis/networking.istio.io/v1/namespaces/{}/virtual-service/{}",
+                self.namespace(),
+                self.name()
+            )),
+            decorator,
+            stat_prefix: m.and_then(|m| m.stat_prefix.clone()),
+        }
     }
 }
 

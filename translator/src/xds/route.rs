@@ -92,7 +92,6 @@ fn build_action(action: &ir::RouteAction) -> Option<route_v3::route::Action> {
         ir::RouteAction::DirectResponse(d) => {
             Some(Action::DirectResponse(build_direct_response_action(d)))
         }
-        ir::RouteAction::NoAction => None,
     }
 }
 
@@ -413,6 +412,14 @@ mod tests {
             host_rewrite_literal: None,
             hash_policy: vec![],
         }
+    }
+
+    /// A plain 204 direct response: the neutral action for tests about other route fields.
+    fn no_content() -> ir::RouteAction {
+        ir::RouteAction::DirectResponse(ir::DirectResponse {
+            status: 204,
+            body: None,
+        })
     }
 
     fn route(action: ir::RouteAction) -> ir::Route {
@@ -768,14 +775,11 @@ mod tests {
             Some(core_v3::data_source::Specifier::InlineBytes(vec![0, 1, 2]))
         );
 
-        let r = build_route(&route(ir::RouteAction::NoAction));
-        assert_eq!(r.action, None);
-        assert!(r.r#match.is_some());
     }
 
     #[test]
     fn match_path_case_headers_and_query() {
-        let mut ir_route = route(ir::RouteAction::NoAction);
+        let mut ir_route = route(no_content());
         ir_route.matcher = ir::RouteMatch {
             path: ir::PathMatch::Regex("/api/v[0-9]+".to_string()),
             case_sensitive: Some(false),
@@ -855,7 +859,7 @@ mod tests {
 
     #[test]
     fn matchless_route_has_no_case_sensitive_and_exact_path() {
-        let r = build_route(&route(ir::RouteAction::NoAction));
+        let r = build_route(&route(no_content()));
         let m = r.r#match.expect("match set");
         assert_eq!(m.case_sensitive, None);
         assert_eq!(
@@ -865,7 +869,7 @@ mod tests {
             ))
         );
 
-        let mut ir_route = route(ir::RouteAction::NoAction);
+        let mut ir_route = route(no_content());
         ir_route.matcher.path = ir::PathMatch::Exact("/status".to_string());
         ir_route.matcher.case_sensitive = Some(true);
         let m = build_route(&ir_route).r#match.expect("match set");
@@ -880,7 +884,7 @@ mod tests {
 
     #[test]
     fn metadata_decorator_stat_prefix_and_headers() {
-        let mut ir_route = route(ir::RouteAction::NoAction);
+        let mut ir_route = route(no_content());
         ir_route.name = "primary.m1".to_string();
         ir_route.config_path = Some(
             "/apis/networking.istio.io/v1/namespaces/default/virtual-service/httpbin".to_string(),
@@ -943,7 +947,7 @@ mod tests {
         assert_eq!(r.response_headers_to_remove, ["server"]);
 
         // Generated default routes carry neither metadata nor a decorator when none is given.
-        let r = build_route(&route(ir::RouteAction::NoAction));
+        let r = build_route(&route(no_content()));
         assert!(r.metadata.is_none());
         assert!(r.decorator.is_none());
         assert!(r.typed_per_filter_config.is_empty());
@@ -951,7 +955,7 @@ mod tests {
 
     #[test]
     fn fault_per_filter_config() {
-        let mut ir_route = route(ir::RouteAction::NoAction);
+        let mut ir_route = route(no_content());
         ir_route.fault = Some(ir::Fault {
             delay: Some(ir::FaultDelay {
                 fixed_delay: StdDuration::from_secs(5),
@@ -1022,7 +1026,7 @@ mod tests {
 
     #[test]
     fn cors_per_filter_config() {
-        let mut ir_route = route(ir::RouteAction::NoAction);
+        let mut ir_route = route(no_content());
         ir_route.cors = Some(ir::Cors {
             allow_origin_string_match: vec![
                 ir::StringMatcher::Exact("https://a.example".to_string()),
@@ -1129,12 +1133,12 @@ mod tests {
                     ],
                     routes: vec![
                         {
-                            let mut r = route(ir::RouteAction::NoAction);
+                            let mut r = route(no_content());
                             r.name = "first".to_string();
                             r
                         },
                         {
-                            let mut r = route(ir::RouteAction::NoAction);
+                            let mut r = route(no_content());
                             r.name = "second".to_string();
                             r
                         },

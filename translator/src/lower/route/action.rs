@@ -185,13 +185,14 @@ impl RedirectSpec {
     }
 }
 
-/// istiod's `ApplyRedirect`. `Ok(None)` is a redirect code Envoy cannot express: reported,
-/// and the route gets no action (istiod's behaviour).
+/// istiod's `ApplyRedirect`. A redirect code Envoy cannot express is an error and drops the
+/// rule: istiod emits the route without an action, which makes Envoy reject the whole route
+/// configuration ("action: is required"), taking every other route down with it.
 pub(crate) fn redirect(
     cx: &mut Cx<'_, '_>,
     r: &HttpRedirect,
     field: &str,
-) -> Result<Option<RedirectSpec>, Reported> {
+) -> Result<RedirectSpec, Reported> {
     let mut failed = false;
     if r.uri.is_some() && r.prefix_rewrite.is_some() {
         cx.emit(
@@ -245,13 +246,13 @@ pub(crate) fn redirect(
                     format!("redirect code {other} is not supported; envoy redirects only with 301, 302, 303, 307 or 308"),
                 )
                 .value(other.to_string())
-                .hint("use 301, 302, 303, 307 or 308; until then the route has no action, as istiod emits it"),
+                .hint("use 301, 302, 303, 307 or 308 (the rule is dropped until then: istiod would emit a route without an action, which makes Envoy reject the whole route configuration)"),
                 &format!("{field}.redirectCode"),
             );
-            return Ok(None);
+            return Err(Reported);
         }
     };
-    Ok(Some(RedirectSpec {
+    Ok(RedirectSpec {
         redirect: Redirect {
             host_redirect: r.authority.clone().filter(|s| !s.is_empty()),
             path_redirect: r.uri.clone().filter(|s| !s.is_empty()),
@@ -261,7 +262,7 @@ pub(crate) fn redirect(
             response_code: code,
         },
         from_request_port,
-    }))
+    })
 }
 
 /// istiod's `ApplyDirectResponse`.

@@ -77,8 +77,12 @@ fn t_r17_redirect_codes() {
         d.field.as_deref(),
         Some("spec.http[0].redirect.redirectCode")
     );
-    assert_eq!(routes.len(), 1);
-    assert_eq!(routes[0].action, RouteAction::NoAction);
+    // The rule is dropped: a route without an action would make Envoy reject the whole
+    // route configuration ("action: is required"). With no rule left the VirtualService
+    // contributes nothing and the service keeps its default route, as istiod does.
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes[0].name, "default");
+    assert!(matches!(routes[0].action, RouteAction::Forward(_)));
 }
 
 #[test]
