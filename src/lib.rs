@@ -1,1 +1,3 @@
 //! shadowplane: library half of the binary crate (CLI, xDS server, config sources).
+
+pub mod config_files;
