@@ -1,0 +1,581 @@
+//! Immutable snapshots of encoded resources and the cache that holds the current snapshot per
+//! node group. The cache knows nothing of streams: streams hold a `watch::Receiver` and are
+//! woken when their group's snapshot is replaced.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use prost::Message;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::resource::{self, set_version, EncodedResource};
+
+/// Errors building a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("duplicate {type_name} name {name:?}: every resource of a type needs a unique name; rename one of them")]
+    DuplicateName { type_name: String, name: String },
+    #[error("{type_name} resource has an empty name: give it a name")]
+    EmptyName { type_name: String },
+}
+
+/// The resources of one type in a snapshot, by name, with the type's version.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TypeResources {
+    version: String,
+    resources: BTreeMap<String, Arc<EncodedResource>>,
+}
+
+impl TypeResources {
+    /// Hash of the sorted (name, content hash) pairs: identical content gives an identical
+    /// version on every run and every replica.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn resources(&self) -> &BTreeMap<String, Arc<EncodedResource>> {
+        &self.resources
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<EncodedResource>> {
+        self.resources.get(name)
+    }
+}
+
+impl fmt::Debug for TypeResources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypeResources")
+            .field("version", &self.version)
+            .field("names", &self.resources.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn empty_version() -> &'static str {
+    static EMPTY: OnceLock<String> = OnceLock::new();
+    EMPTY.get_or_init(|| set_version([]))
+}
+
+fn empty_resources() -> &'static BTreeMap<String, Arc<EncodedResource>> {
+    static EMPTY: OnceLock<BTreeMap<String, Arc<EncodedResource>>> = OnceLock::new();
+    EMPTY.get_or_init(BTreeMap::new)
+}
+
+/// An immutable set of encoded resources, per type URL then name. Each resource was encoded
+/// once when the snapshot was built; every stream shares those bytes.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    types: BTreeMap<String, TypeResources>,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.types.iter()).finish()
+    }
+}
+
+impl Snapshot {
+    /// A snapshot with no resources (every type is empty).
+    pub fn empty() -> Self {
+        Snapshot::default()
+    }
+
+    /// Build from already-encoded resources. Fails on an empty or duplicate name within a
+    /// type (a response must never carry one name twice).
+    pub fn new(
+        resources: impl IntoIterator<Item = EncodedResource>,
+    ) -> Result<Snapshot, SnapshotError> {
+        let mut by_type: BTreeMap<String, BTreeMap<String, Arc<EncodedResource>>> = BTreeMap::new();
+        for r in resources {
+            let type_name = resource::short_type(r.type_url()).to_string();
+            if r.name().is_empty() {
+                return Err(SnapshotError::EmptyName { type_name });
+            }
+            let entry = by_type.entry(r.type_url().to_string()).or_default();
+            if entry.contains_key(r.name()) {
+                return Err(SnapshotError::DuplicateName {
+                    type_name,
+                    name: r.name().to_string(),
+                });
+            }
+            entry.insert(r.name().to_string(), Arc::new(r));
+        }
+        let types = by_type
+            .into_iter()
+            .map(|(type_url, resources)| {
+                let version = set_version(
+                    resources
+                        .iter()
+                        .map(|(name, r)| (name.as_str(), r.version())),
+                );
+                (type_url, TypeResources { version, resources })
+            })
+            .collect();
+        Ok(Snapshot { types })
+    }
+
+    /// Build from `(type_url, name, encoded message)` triples; each message is wrapped in a
+    /// `google.protobuf.Any` of that type URL.
+    pub fn from_encoded<T, N>(
+        items: impl IntoIterator<Item = (T, N, Vec<u8>)>,
+    ) -> Result<Snapshot, SnapshotError>
+    where
+        T: Into<String>,
+        N: Into<String>,
+    {
+        Snapshot::new(
+            items
+                .into_iter()
+                .map(|(t, n, v)| EncodedResource::new(t, n, v)),
+        )
+    }
+
+    /// The version of a type: a hash of its resources' names and content hashes. A type with
+    /// no resources has the version of the empty set.
+    pub fn version(&self, type_url: &str) -> &str {
+        self.types
+            .get(type_url)
+            .map(|t| t.version.as_str())
+            .unwrap_or_else(|| empty_version())
+    }
+
+    /// The resources of a type by name (empty for a type the snapshot does not have).
+    pub fn resources(&self, type_url: &str) -> &BTreeMap<String, Arc<EncodedResource>> {
+        self.types
+            .get(type_url)
+            .map(|t| &t.resources)
+            .unwrap_or_else(|| empty_resources())
+    }
+
+    pub fn get(&self, type_url: &str, name: &str) -> Option<&Arc<EncodedResource>> {
+        self.types.get(type_url).and_then(|t| t.resources.get(name))
+    }
+
+    /// Type URLs that have at least one resource, sorted.
+    pub fn type_urls(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+
+    /// Number of resources over all types.
+    pub fn len(&self) -> usize {
+        self.types.values().map(|t| t.resources.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Per type URL, its version (for status pages).
+    pub fn versions(&self) -> BTreeMap<String, String> {
+        self.types
+            .iter()
+            .map(|(t, r)| (t.clone(), r.version.clone()))
+            .collect()
+    }
+
+    /// Cross-reference check, a diagnostic (the server serves inconsistent snapshots too):
+    /// every RDS name a listener's HTTP connection manager references exists, and every EDS
+    /// cluster has a `ClusterLoadAssignment`.
+    pub fn consistent(&self) -> ConsistencyReport {
+        let mut report = ConsistencyReport::default();
+        let routes = self.resources(resource::ROUTE);
+        for (name, r) in self.resources(resource::LISTENER) {
+            let listener = match Listener::decode(r.to_any().value.as_slice()) {
+                Ok(l) => l,
+                Err(e) => {
+                    report.undecodable.push(format!("listener {name:?}: {e}"));
+                    continue;
+                }
+            };
+            for route in rds_names(&listener) {
+                if !routes.contains_key(&route) {
+                    report.missing_routes.push(MissingReference {
+                        referrer: name.clone(),
+                        name: route,
+                    });
+                }
+            }
+        }
+        let endpoints = self.resources(resource::ENDPOINT);
+        for (name, r) in self.resources(resource::CLUSTER) {
+            let cluster = match Cluster::decode(r.to_any().value.as_slice()) {
+                Ok(c) => c,
+                Err(e) => {
+                    report.undecodable.push(format!("cluster {name:?}: {e}"));
+                    continue;
+                }
+            };
+            if let Some(cla) = eds_name(&cluster) {
+                if !endpoints.contains_key(&cla) {
+                    report.missing_endpoints.push(MissingReference {
+                        referrer: name.clone(),
+                        name: cla,
+                    });
+                }
+            }
+        }
+        report
+    }
+}
+
+/// The RDS route names a listener's HTTP connection managers reference, sorted, unique.
+fn rds_names(listener: &Listener) -> BTreeSet<String> {
+    let chains = listener
+        .filter_chains
+        .iter()
+        .chain(listener.default_filter_chain.iter());
+    let mut names = BTreeSet::new();
+    for chain in chains {
+        for filter in &chain.filters {
+            let Some(ConfigType::TypedConfig(any)) = &filter.config_type else {
+                continue;
+            };
+            if !any.type_url.ends_with("HttpConnectionManager") {
+                continue;
+            }
+            let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
+                continue;
+            };
+            if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
+                names.insert(rds.route_config_name);
+            }
+        }
+    }
+    names
+}
+
+/// The `ClusterLoadAssignment` name of an EDS cluster (`service_name`, else the cluster name).
+fn eds_name(cluster: &Cluster) -> Option<String> {
+    let eds = matches!(
+        cluster.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
+    );
+    if !eds {
+        return None;
+    }
+    let service_name = cluster
+        .eds_cluster_config
+        .as_ref()
+        .map(|c| c.service_name.as_str())
+        .unwrap_or("");
+    Some(if service_name.is_empty() {
+        cluster.name.clone()
+    } else {
+        service_name.to_string()
+    })
+}
+
+/// A reference from one resource to another that the snapshot lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MissingReference {
+    /// The listener or cluster that holds the reference.
+    pub referrer: String,
+    /// The route configuration or cluster load assignment it names.
+    pub name: String,
+}
+
+/// Result of [`Snapshot::consistent`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConsistencyReport {
+    /// Listener → RDS route configuration name that is not in the snapshot.
+    pub missing_routes: Vec<MissingReference>,
+    /// EDS cluster → cluster load assignment that is not in the snapshot.
+    pub missing_endpoints: Vec<MissingReference>,
+    /// Listeners or clusters whose bytes did not decode.
+    pub undecodable: Vec<String>,
+}
+
+impl ConsistencyReport {
+    pub fn is_consistent(&self) -> bool {
+        self.missing_routes.is_empty()
+            && self.missing_endpoints.is_empty()
+            && self.undecodable.is_empty()
+    }
+
+    /// One lowercase line per problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in &self.missing_routes {
+            out.push(format!(
+                "listener {:?} references route configuration {:?}, which the snapshot does not have",
+                m.referrer, m.name
+            ));
+        }
+        for m in &self.missing_endpoints {
+            out.push(format!(
+                "eds cluster {:?} has no cluster load assignment {:?} in the snapshot",
+                m.referrer, m.name
+            ));
+        }
+        for u in &self.undecodable {
+            out.push(format!("cannot decode {u}"));
+        }
+        out
+    }
+}
+
+/// Maps a proxy's node to the group whose snapshot it is served.
+pub type NodeGrouping = Arc<dyn Fn(&Node) -> String + Send + Sync>;
+
+/// The group every node belongs to with the default grouping.
+pub const DEFAULT_GROUP: &str = "default";
+
+/// Current snapshot per node group, swapped atomically; streams watch their group.
+pub struct SnapshotCache {
+    groups: Mutex<BTreeMap<String, watch::Sender<Option<Arc<Snapshot>>>>>,
+    grouping: NodeGrouping,
+}
+
+impl fmt::Debug for SnapshotCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotCache")
+            .field("groups", &self.groups())
+            .finish()
+    }
+}
+
+impl Default for SnapshotCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SnapshotCache {
+    /// Every node in [`DEFAULT_GROUP`].
+    pub fn new() -> Self {
+        Self::with_grouping(Arc::new(|_: &Node| DEFAULT_GROUP.to_string()))
+    }
+
+    /// Nodes grouped by `grouping` (e.g. by `node.cluster` or a metadata key), one snapshot
+    /// per group.
+    pub fn with_grouping(grouping: NodeGrouping) -> Self {
+        SnapshotCache {
+            groups: Mutex::new(BTreeMap::new()),
+            grouping,
+        }
+    }
+
+    /// The group a node is served from.
+    pub fn group_for(&self, node: &Node) -> String {
+        (self.grouping)(node)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<String, watch::Sender<Option<Arc<Snapshot>>>>> {
+        // A poisoned lock only means another thread panicked while holding it; the map is
+        // still valid (every operation on it is a single insert or lookup).
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replace the snapshot of `group` and wake its streams. Setting a snapshot identical
+    /// to the current one wakes nobody. Returns the snapshot as stored.
+    pub fn set_snapshot(&self, group: &str, snapshot: Snapshot) -> Arc<Snapshot> {
+        let snapshot = Arc::new(snapshot);
+        let mut groups = self.lock();
+        let sender = groups
+            .entry(group.to_string())
+            .or_insert_with(|| watch::channel(None).0);
+        let stored = snapshot.clone();
+        sender.send_if_modified(move |current| {
+            if current.as_deref() == Some(&*snapshot) {
+                false
+            } else {
+                *current = Some(snapshot);
+                true
+            }
+        });
+        stored
+    }
+
+    /// Replace the snapshot of [`DEFAULT_GROUP`].
+    pub fn set(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+        self.set_snapshot(DEFAULT_GROUP, snapshot)
+    }
+
+    /// The current snapshot of a group, if one was set.
+    pub fn snapshot(&self, group: &str) -> Option<Arc<Snapshot>> {
+        self.lock().get(group).and_then(|s| s.borrow().clone())
+    }
+
+    /// Forget a group's snapshot; its streams keep what they have and wait for the next one.
+    pub fn clear(&self, group: &str) {
+        if let Some(sender) = self.lock().get(group) {
+            sender.send_replace(None);
+        }
+    }
+
+    /// A receiver for a group's snapshot (`None` until one is set).
+    pub fn watch(&self, group: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.lock()
+            .entry(group.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe()
+    }
+
+    /// Groups known to the cache (set or watched), sorted.
+    pub fn groups(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Number of live receivers over all groups (one per open stream): lets tests and the
+    /// admin page check that closed streams release their watch.
+    pub fn watcher_count(&self) -> usize {
+        self.lock().values().map(|s| s.receiver_count()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain};
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::Rds;
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::Name;
+
+    fn eds_cluster(name: &str) -> EncodedResource {
+        EncodedResource::from_message(
+            name,
+            &Cluster {
+                name: name.into(),
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+                eds_cluster_config: Some(EdsClusterConfig::default()),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn rds_listener(name: &str, route: &str) -> EncodedResource {
+        let hcm = HttpConnectionManager {
+            route_specifier: Some(RouteSpecifier::Rds(Rds {
+                route_config_name: route.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        EncodedResource::from_message(
+            name,
+            &Listener {
+                name: name.into(),
+                filter_chains: vec![FilterChain {
+                    filters: vec![Filter {
+                        name: "envoy.filters.network.http_connection_manager".into(),
+                        config_type: Some(ConfigType::TypedConfig(Any {
+                            type_url: HttpConnectionManager::type_url(),
+                            value: hcm.encode_to_vec(),
+                        })),
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let err = Snapshot::new([eds_cluster("a"), eds_cluster("a")]).unwrap_err();
+        assert_eq!(
+            err,
+            SnapshotError::DuplicateName {
+                type_name: "Cluster".into(),
+                name: "a".into()
+            }
+        );
+    }
+
+    #[test]
+    fn versions_are_content_derived_and_per_type() {
+        let s1 = Snapshot::new([eds_cluster("a"), eds_cluster("b")]).unwrap();
+        let s2 = Snapshot::new([eds_cluster("b"), eds_cluster("a")]).unwrap();
+        assert_eq!(s1.version(CLUSTER), s2.version(CLUSTER));
+        let s3 = Snapshot::new([eds_cluster("a")]).unwrap();
+        assert_ne!(s1.version(CLUSTER), s3.version(CLUSTER));
+        assert_eq!(s1.version(LISTENER), Snapshot::empty().version(LISTENER));
+        assert!(s1.resources(ROUTE).is_empty());
+    }
+
+    #[test]
+    fn consistency_reports_missing_routes_and_endpoints() {
+        let cla = EncodedResource::from_message(
+            "a",
+            &ClusterLoadAssignment {
+                cluster_name: "a".into(),
+                ..Default::default()
+            },
+        );
+        let rc = EncodedResource::from_message(
+            "80",
+            &RouteConfiguration {
+                name: "80".into(),
+                ..Default::default()
+            },
+        );
+        let good = Snapshot::new([
+            eds_cluster("a"),
+            cla.clone(),
+            rds_listener("0.0.0.0_80", "80"),
+            rc,
+        ])
+        .unwrap();
+        assert!(good.consistent().is_consistent(), "{:?}", good.consistent());
+
+        let bad = Snapshot::new([
+            eds_cluster("a"),
+            eds_cluster("b"),
+            cla,
+            rds_listener("l", "81"),
+        ])
+        .unwrap();
+        let report = bad.consistent();
+        assert_eq!(
+            report.missing_routes,
+            vec![MissingReference {
+                referrer: "l".into(),
+                name: "81".into()
+            }]
+        );
+        assert_eq!(
+            report.missing_endpoints,
+            vec![MissingReference {
+                referrer: "b".into(),
+                name: "b".into()
+            }]
+        );
+        assert_eq!(report.problems().len(), 2);
+        assert!(bad.resources(ENDPOINT).contains_key("a"));
+    }
+
+    #[tokio::test]
+    async fn cache_notifies_only_on_change() {
+        let cache = SnapshotCache::new();
+        let mut rx = cache.watch(DEFAULT_GROUP);
+        assert!(rx.borrow().is_none());
+        cache.set(Snapshot::new([eds_cluster("a")]).unwrap());
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        cache.set(Snapshot::new([eds_cluster("a")]).unwrap());
+        assert!(
+            !rx.has_changed().unwrap(),
+            "identical snapshot must not wake streams"
+        );
+        cache.set(Snapshot::new([eds_cluster("b")]).unwrap());
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(cache.watcher_count(), 1);
+        drop(rx);
+        assert_eq!(cache.watcher_count(), 0);
+    }
+}
