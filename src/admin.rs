@@ -28,7 +28,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 /// The content type Prometheus expects for OpenMetrics text.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the admin pages show. Every method is called per request and must be cheap-ish and
 /// non-blocking (read atomics and `Arc`s, no I/O).
@@ -93,7 +94,10 @@ pub async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::debug!("admin connections still open after the drain time; closing them");
     }
 }
@@ -123,7 +127,11 @@ fn route(view: &dyn AdminView, method: &Method, path: &str) -> Response<Full<Byt
                 format!("not ready: {why}\n"),
             ),
         },
-        "/metrics" => body(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, view.metrics_text()),
+        "/metrics" => body(
+            StatusCode::OK,
+            OPENMETRICS_CONTENT_TYPE,
+            view.metrics_text(),
+        ),
         "/debug/proxies" => json(&view.proxies_json()),
         "/debug/config" => json(&view.config_json()),
         "/debug/errors" => text(StatusCode::OK, view.errors_text()),

@@ -51,7 +51,9 @@ use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
 use serde_json::json;
-use shadowplane_translator::{diag, print, Code, Diagnostic, Options, Parsed, Severity, Translation};
+use shadowplane_translator::{
+    diag, print, Code, Diagnostic, Options, Parsed, Severity, Translation,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -769,18 +771,20 @@ impl App {
         let served = self.state.load().served.clone();
         let Some(served) = served else {
             // Nothing served yet: remember the view; the first good config covers it.
-            self.lock_groups().entry(name.to_string()).or_insert_with(|| {
-                let empty = Arc::new(Snapshot::empty());
-                Group {
-                    view,
-                    target: empty.clone(),
-                    current: empty,
-                    set_at: Instant::now(),
-                    set_at_unix_ms: now_unix_ms(),
-                    pending: VecDeque::new(),
-                    phase: "waiting for a good config",
-                }
-            });
+            self.lock_groups()
+                .entry(name.to_string())
+                .or_insert_with(|| {
+                    let empty = Arc::new(Snapshot::empty());
+                    Group {
+                        view,
+                        target: empty.clone(),
+                        current: empty,
+                        set_at: Instant::now(),
+                        set_at_unix_ms: now_unix_ms(),
+                        pending: VecDeque::new(),
+                        phase: "waiting for a good config",
+                    }
+                });
             return;
         };
         if let Some(snapshot) = self.translate_view(&served.parsed, &view) {
@@ -892,7 +896,12 @@ fn phases(current: &Snapshot, target: &Arc<Snapshot>) -> VecDeque<(&'static str,
     if current == &**target {
         return out;
     }
-    let names = |s: &Snapshot| s.resources(CLUSTER).keys().cloned().collect::<BTreeSet<_>>();
+    let names = |s: &Snapshot| {
+        s.resources(CLUSTER)
+            .keys()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+    };
     let (old, new) = (names(current), names(target));
     let routing_changes = current.version(LISTENER) != target.version(LISTENER)
         || current.version(ROUTE) != target.version(ROUTE);
@@ -936,7 +945,12 @@ fn mixed(
             );
             items.extend(merged.into_values().map(|r| (*r).clone()));
         } else if routing_types.contains(&type_url) {
-            items.extend(routing_from.resources(type_url).values().map(|r| (**r).clone()));
+            items.extend(
+                routing_from
+                    .resources(type_url)
+                    .values()
+                    .map(|r| (**r).clone()),
+            );
         } else {
             items.extend(target.resources(type_url).values().map(|r| (**r).clone()));
         }
@@ -945,7 +959,9 @@ fn mixed(
         Ok(s) => Some(s),
         Err(e) => {
             // Names come from snapshots that were valid on their own: cannot happen.
-            tracing::error!("cannot build a make-before-break phase: {e}; pushing the final config at once");
+            tracing::error!(
+                "cannot build a make-before-break phase: {e}; pushing the final config at once"
+            );
             None
         }
     }
@@ -1008,7 +1024,12 @@ impl Observer {
             if all {
                 if !proxies.is_empty() {
                     let elapsed = since.elapsed();
-                    tracing::debug!(generation, ?elapsed, proxies = proxies.len(), "config converged: every proxy acknowledged it");
+                    tracing::debug!(
+                        generation,
+                        ?elapsed,
+                        proxies = proxies.len(),
+                        "config converged: every proxy acknowledged it"
+                    );
                     app.metrics.observe_convergence(elapsed.as_secs_f64());
                 }
                 self.converging = None;
@@ -1089,12 +1110,20 @@ impl AdminView for App {
         let list: Vec<serde_json::Value> = proxies
             .iter()
             .map(|p| {
-                let mut v = serde_json::to_value(p).unwrap_or_else(|e| json!({"@error": e.to_string()}));
+                let mut v =
+                    serde_json::to_value(p).unwrap_or_else(|e| json!({"@error": e.to_string()}));
                 // Istio's proxy-status words per type: SYNCED, NOT SENT, STALE, NACKED.
-                if let (Some(group), Some(types)) = (groups.get(&p.group), v.get_mut("types").and_then(|t| t.as_array_mut())) {
+                if let (Some(group), Some(types)) = (
+                    groups.get(&p.group),
+                    v.get_mut("types").and_then(|t| t.as_array_mut()),
+                ) {
                     for (t, status) in types.iter_mut().zip(&p.types) {
                         let current = group.current.version(&status.type_url);
-                        let sync = if status.last_nack.as_ref().is_some_and(|n| Some(&n.version) == status.version_sent.as_ref()) {
+                        let sync = if status
+                            .last_nack
+                            .as_ref()
+                            .is_some_and(|n| Some(&n.version) == status.version_sent.as_ref())
+                        {
                             "NACKED"
                         } else if status.version_sent.is_none() {
                             "NOT SENT"
@@ -1257,7 +1286,10 @@ mod tests {
         let base = Options::default();
         assert_eq!(NodeView::of(&node(&[]), &base).group(), "default");
         let view = NodeView::of(
-            &node(&[("NAMESPACE", "challengeistio"), ("BIND_ADDRESS", "127.0.0.1")]),
+            &node(&[
+                ("NAMESPACE", "challengeistio"),
+                ("BIND_ADDRESS", "127.0.0.1"),
+            ]),
             &base,
         );
         assert_eq!(view.group(), "namespace=challengeistio,bind=127.0.0.1");
@@ -1271,8 +1303,11 @@ mod tests {
         );
         // Garbage is ignored.
         assert_eq!(
-            NodeView::of(&node(&[("NAMESPACE", "Not_A_NS"), ("BIND_ADDRESS", "localhost")]), &base)
-                .group(),
+            NodeView::of(
+                &node(&[("NAMESPACE", "Not_A_NS"), ("BIND_ADDRESS", "localhost")]),
+                &base
+            )
+            .group(),
             "default"
         );
     }
@@ -1320,7 +1355,8 @@ mod tests {
     fn changes_that_keep_the_cluster_set_are_one_push() {
         let current = Snapshot::new([cluster("a", "a"), route("80", "to a")]).expect("snapshot");
         let target = Arc::new(
-            Snapshot::new([cluster("a", "a2"), route("80", "to a, new timeout")]).expect("snapshot"),
+            Snapshot::new([cluster("a", "a2"), route("80", "to a, new timeout")])
+                .expect("snapshot"),
         );
         let labels: Vec<&str> = phases(&current, &target).iter().map(|(l, _)| *l).collect();
         assert_eq!(labels, ["final"]);

@@ -242,7 +242,9 @@ impl Ads {
     async fn next_of(&mut self, type_url: &str, within: Duration) -> Option<DiscoveryResponse> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let next = tokio::time::timeout_at(deadline, self.rx.next()).await.ok()?;
+            let next = tokio::time::timeout_at(deadline, self.rx.next())
+                .await
+                .ok()?;
             let resp = next.expect("stream ended").expect("stream error");
             if resp.type_url == type_url {
                 return Some(resp);
@@ -276,7 +278,9 @@ fn cluster_names(resp: &DiscoveryResponse) -> Vec<String> {
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect admin");
         stream
             .write_all(
                 format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
@@ -308,7 +312,9 @@ fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
         let value: f64 = value
             .parse()
             .unwrap_or_else(|_| panic!("bad value in {line:?}"));
@@ -320,7 +326,8 @@ fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
             None => (series.to_string(), String::new()),
         };
         assert!(
-            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad metric name in {line:?}"
         );
         samples.push((name, labels, value));
@@ -375,7 +382,10 @@ async fn changes_are_pushed_broken_files_keep_the_last_good_config_and_fixes_res
     ads.ack(&second, &[]).await;
 
     // A broken file: nothing is pushed, the error is reported, the server stays ready.
-    replace(&dir.path().join("destination-rule.yaml"), BROKEN_DESTINATION_RULE);
+    replace(
+        &dir.path().join("destination-rule.yaml"),
+        BROKEN_DESTINATION_RULE,
+    );
     let (status, errors) = wait_for_page(server.admin_addr(), "/debug/errors", |b| {
         b.contains("config rejected")
     })
@@ -387,14 +397,24 @@ async fn changes_are_pushed_broken_files_keep_the_last_good_config_and_fixes_res
     );
     assert!(errors.contains("labls"), "{errors}");
     assert!(
-        ads.next_of(CLUSTER, Duration::from_millis(500)).await.is_none(),
+        ads.next_of(CLUSTER, Duration::from_millis(500))
+            .await
+            .is_none(),
         "a broken config must not be pushed"
     );
     let (_, metrics) = get(server.admin_addr(), "/metrics").await;
     let samples = parse_metrics(&metrics);
-    assert_eq!(metric(&samples, "shadowplane_config_errors", ""), Some(1.0), "{metrics}");
     assert_eq!(
-        metric(&samples, "shadowplane_config_reloads_total", "result=\"rejected\""),
+        metric(&samples, "shadowplane_config_errors", ""),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "shadowplane_config_reloads_total",
+            "result=\"rejected\""
+        ),
         Some(1.0),
         "{metrics}"
     );
@@ -437,11 +457,7 @@ async fn changes_are_pushed_broken_files_keep_the_last_good_config_and_fixes_res
 }
 
 /// GET `path` until `done(body)` (bounded: 3 s).
-async fn wait_for_page(
-    addr: SocketAddr,
-    path: &str,
-    done: impl Fn(&str) -> bool,
-) -> (u16, String) {
+async fn wait_for_page(addr: SocketAddr, path: &str, done: impl Fn(&str) -> bool) -> (u16, String) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         let (status, body) = get(addr, path).await;
@@ -493,7 +509,10 @@ async fn admin_pages_and_metrics() {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert!(clusters.contains(&cluster_name("v1").as_str()), "{clusters:?}");
+    assert!(
+        clusters.contains(&cluster_name("v1").as_str()),
+        "{clusters:?}"
+    );
     assert!(config["version"].is_string());
 
     // /metrics is Prometheus text with the documented names.
@@ -533,7 +552,11 @@ async fn admin_pages_and_metrics() {
         );
     }
     assert_eq!(
-        metric(&samples, "shadowplane_config_reloads_total", "result=\"applied\""),
+        metric(
+            &samples,
+            "shadowplane_config_reloads_total",
+            "result=\"applied\""
+        ),
         Some(1.0)
     );
     assert!(body.ends_with("# EOF\n"));
@@ -547,19 +570,28 @@ async fn admin_pages_and_metrics() {
 async fn a_broken_config_at_startup_is_not_ready_until_fixed() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_config(dir.path(), &["v1", "v2"]);
-    std::fs::write(dir.path().join("destination-rule.yaml"), BROKEN_DESTINATION_RULE)
-        .expect("write");
+    std::fs::write(
+        dir.path().join("destination-rule.yaml"),
+        BROKEN_DESTINATION_RULE,
+    )
+    .expect("write");
     let server = start_server(dir.path()).await;
 
     let (status, body) = get(server.admin_addr(), "/readyz").await;
     assert_eq!(status, 503);
-    assert!(body.starts_with("not ready: no good config yet: "), "{body}");
+    assert!(
+        body.starts_with("not ready: no good config yet: "),
+        "{body}"
+    );
     assert!(body.contains("destination-rule.yaml:10:"), "{body}");
 
     // A proxy that connects now waits; it gets the config once the file is fixed.
     let mut ads = Ads::connect(server.xds_addr(), "early", &[]).await;
     ads.subscribe(CLUSTER, &[]).await;
-    assert!(ads.next_of(CLUSTER, Duration::from_millis(300)).await.is_none());
+    assert!(ads
+        .next_of(CLUSTER, Duration::from_millis(300))
+        .await
+        .is_none());
     replace(
         &dir.path().join("destination-rule.yaml"),
         &destination_rule(&["v1", "v2"]),
@@ -677,4 +709,100 @@ async fn a_taken_port_is_a_clear_error() {
     let msg = err.to_string();
     assert!(msg.contains(&addr.to_string()), "{msg}");
     assert!(msg.contains("--xds-listen"), "{msg}");
+}
+
+/// A DestinationRule with one subset and a VirtualService routing to it, in one file (so a
+/// change to both is read as one).
+fn routing(subset: &str) -> String {
+    format!(
+        "{}---\n{}",
+        destination_rule(&[subset]),
+        VIRTUAL_SERVICE
+            .replace("subset: v1", &format!("subset: {subset}"))
+            .replace("    mirror:\n      host: calc\n      subset: v2\n", "")
+    )
+}
+
+fn route_cluster(resp: &DiscoveryResponse) -> String {
+    use envoy_types::pb::envoy::config::route::v3::{
+        route::Action, route_action::ClusterSpecifier,
+    };
+    let rc = RouteConfiguration::decode(resp.resources[0].value.as_slice()).expect("route");
+    let route = &rc
+        .virtual_hosts
+        .iter()
+        .find(|vh| vh.name.starts_with(HOST))
+        .expect("calc virtual host")
+        .routes[0];
+    match &route.action {
+        Some(Action::Route(a)) => match &a.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(c)) => c.clone(),
+            other => panic!("unexpected cluster specifier {other:?}"),
+        },
+        other => panic!("unexpected action {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn retargeting_a_route_pushes_the_new_cluster_first_and_removes_the_old_one_last() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("service-entry.yaml"), SERVICE_ENTRY).expect("write");
+    std::fs::write(dir.path().join("routing.yaml"), routing("v1")).expect("write");
+    let server = start_server(dir.path()).await;
+
+    let mut ads = Ads::connect(server.xds_addr(), "mbb", &[]).await;
+    ads.subscribe(CLUSTER, &[]).await;
+    let cds = ads.expect(CLUSTER).await;
+    ads.ack(&cds, &[]).await;
+    ads.subscribe(ROUTE, &["8080"]).await;
+    let rds = ads.expect(ROUTE).await;
+    assert_eq!(route_cluster(&rds), cluster_name("v1"));
+    ads.ack(&rds, &["8080"]).await;
+
+    replace(&dir.path().join("routing.yaml"), &routing("v2"));
+
+    // 1. The new cluster arrives while the old one stays.
+    let cds1 = ads.expect(CLUSTER).await;
+    let names = cluster_names(&cds1);
+    assert!(
+        names.contains(&cluster_name("v1")) && names.contains(&cluster_name("v2")),
+        "{names:?}"
+    );
+    // The route has not moved yet: nothing on RDS until the clusters are acknowledged.
+    assert!(ads
+        .next_of(ROUTE, Duration::from_millis(200))
+        .await
+        .is_none());
+    ads.ack(&cds1, &[]).await;
+
+    // 2. The route moves to the new cluster; the old cluster is still there.
+    let rds2 = ads.expect(ROUTE).await;
+    assert_eq!(route_cluster(&rds2), cluster_name("v2"));
+    assert!(
+        ads.next_of(CLUSTER, Duration::from_millis(200))
+            .await
+            .is_none(),
+        "old cluster removed before the route moved away from it"
+    );
+    ads.ack(&rds2, &["8080"]).await;
+
+    // 3. Only then is the old cluster removed.
+    let cds3 = ads.expect(CLUSTER).await;
+    let names = cluster_names(&cds3);
+    assert!(
+        names.contains(&cluster_name("v2")) && !names.contains(&cluster_name("v1")),
+        "{names:?}"
+    );
+    ads.ack(&cds3, &[]).await;
+
+    // Convergence is measured once every proxy acknowledged the final config.
+    let (_, metrics) = wait_for_page(server.admin_addr(), "/metrics", |b| {
+        b.contains("shadowplane_xds_convergence_seconds_count 1")
+    })
+    .await;
+    assert!(
+        metrics.contains("shadowplane_xds_convergence_seconds_count 1"),
+        "{metrics}"
+    );
+    server.shutdown().await.expect("clean shutdown");
 }

@@ -137,7 +137,10 @@ fn cluster_sources(
     out: &mut BTreeSet<SourceRef>,
 ) {
     let (host, subset) = match model.clusters.iter().find(|c| c.name == cluster) {
-        Some(c) => (c.service.clone(), c.subset.clone().filter(|s| !s.is_empty())),
+        Some(c) => (
+            c.service.clone(),
+            c.subset.clone().filter(|s| !s.is_empty()),
+        ),
         None => {
             // `outbound|<port>|<subset>|<host>`
             let parts: Vec<&str> = cluster.split('|').collect();
@@ -162,14 +165,13 @@ fn cluster_sources(
                     out.insert(located(r, Some(field)));
                 }
             }
-            (Spec::ServiceEntry(se), None) => {
+            (Spec::ServiceEntry(se), None)
                 if se
                     .hosts
                     .iter()
-                    .any(|h| expand(h, r.namespace(), domain_suffix) == host)
-                {
-                    out.insert(located(r, None));
-                }
+                    .any(|h| expand(h, r.namespace(), domain_suffix) == host) =>
+            {
+                out.insert(located(r, None));
             }
             _ => {}
         }
@@ -236,7 +238,9 @@ mod tests {
     #[test]
     fn config_paths_parse_to_namespace_and_name() {
         assert_eq!(
-            parse_config_path("/apis/networking.istio.io/v1/namespaces/challengeistio/virtual-service/backend-vs"),
+            parse_config_path(
+                "/apis/networking.istio.io/v1/namespaces/challengeistio/virtual-service/backend-vs"
+            ),
             Some(("challengeistio", "backend-vs"))
         );
         assert_eq!(parse_config_path("nonsense"), None);
@@ -248,7 +252,13 @@ mod tests {
             expand("calc", "ns", "cluster.local"),
             "calc.ns.svc.cluster.local"
         );
-        assert_eq!(expand("calc.ns.svc.cluster.local", "x", "cluster.local"), "calc.ns.svc.cluster.local");
-        assert_eq!(expand("*.example.com", "x", "cluster.local"), "*.example.com");
+        assert_eq!(
+            expand("calc.ns.svc.cluster.local", "x", "cluster.local"),
+            "calc.ns.svc.cluster.local"
+        );
+        assert_eq!(
+            expand("*.example.com", "x", "cluster.local"),
+            "*.example.com"
+        );
     }
 }

@@ -127,8 +127,7 @@ impl FileSource {
                 let _ = signal_tx.try_send(());
             }
         };
-        let watcher: Box<dyn Watcher + Send> = match notify::recommended_watcher(handler.clone())
-        {
+        let watcher: Box<dyn Watcher + Send> = match notify::recommended_watcher(handler.clone()) {
             Ok(w) => Box::new(w),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot use file system notifications; polling the config every second instead");
@@ -386,10 +385,7 @@ mod tests {
     }
 
     /// Wait (bounded) for a reading after `after` and return it.
-    async fn next_load(
-        rx: &mut watch::Receiver<Arc<ConfigLoad>>,
-        after: u64,
-    ) -> Arc<ConfigLoad> {
+    async fn next_load(rx: &mut watch::Receiver<Arc<ConfigLoad>>, after: u64) -> Arc<ConfigLoad> {
         let wait = async {
             loop {
                 let current = rx.borrow_and_update().clone();
