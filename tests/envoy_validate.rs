@@ -334,7 +334,44 @@ fn golden_cases() -> Vec<PathBuf> {
     cases
 }
 
-/// Validate one case: `Ok(false)` when it holds no resources at all.
+/// Envoy's rejection without the text-proto dump of the whole config it prints: the lines that
+/// say what is wrong (each cut to a readable length), or the last lines if none is recognised.
+fn summarize(output: &str) -> String {
+    let cut = |line: &str| {
+        let mut line = line.trim().to_string();
+        if line.len() > 600 {
+            let mut end = 600;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+            line.push_str(" ...");
+        }
+        line
+    };
+    let key: Vec<String> = output
+        .lines()
+        .filter(|l| {
+            l.starts_with("envoy --mode validate failed")
+                || l.contains("[critical]")
+                || l.contains("[error]")
+                || l.starts_with(": ")
+                || l.contains("validation failed")
+                || l.contains("Unable to parse")
+        })
+        .map(cut)
+        .collect();
+    if key.len() > 1 {
+        key.join("\n")
+    } else {
+        let lines: Vec<&str> = output.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        format!("{}\n{tail}", key.join("\n"))
+    }
+}
+
+/// Validate one case: `Ok(false)` when it holds no resources at all. On failure Envoy's full
+/// output and the bootstrap are kept under the target directory for a closer look.
 fn validate_case(case: &Path) -> Result<bool, String> {
     let golden = load_golden(case)?;
     if golden.is_empty() {
@@ -342,7 +379,21 @@ fn validate_case(case: &Path) -> Result<bool, String> {
     }
     let bootstrap = bootstrap_for(&golden)?;
     let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| e.to_string())?;
-    common::validate_config(&text)?;
+    if let Err(output) = common::validate_config(&text) {
+        let name = case.file_name().unwrap_or_default().to_string_lossy();
+        let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("envoy-validate");
+        let kept = std::fs::create_dir_all(&keep)
+            .and_then(|_| std::fs::write(keep.join(format!("{name}.bootstrap.json")), &text))
+            .and_then(|_| std::fs::write(keep.join(format!("{name}.envoy.log")), &output));
+        let where_ = match kept {
+            Ok(()) => format!(
+                "(full output and bootstrap: {}/{name}.{{envoy.log,bootstrap.json}})",
+                keep.display()
+            ),
+            Err(e) => format!("(could not keep the full output: {e})"),
+        };
+        return Err(format!("{}\n{where_}", summarize(&output)));
+    }
     Ok(true)
 }
 
