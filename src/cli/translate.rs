@@ -13,8 +13,8 @@ use shadowplane::config_files;
 
 pub(super) const AFTER_HELP: &str = "\
 Output (stdout, or --output FILE): the Envoy v3 resources grouped by type, `listeners`,
-`routes`, `clusters` and `endpoints`, in canonical protobuf JSON field names (what Envoy's
-config_dump shows and its YAML loader accepts). With --bootstrap: one complete static Envoy
+`routes`, `clusters` and `endpoints`, as canonical protobuf JSON with proto field names (what
+Envoy's config_dump shows and its YAML loader accepts). With --bootstrap: one complete static Envoy
 bootstrap (static_resources plus an admin listener) that `envoy -c FILE` runs as is.
 
 Diagnostics go to stderr. Translation is best effort: a resource with an error is dropped or

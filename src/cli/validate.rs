@@ -16,7 +16,8 @@ ports, gateways) exactly as `translate` does. Diagnostics name file:line:column,
 the field path and a hint.
 
 Output:
-  --format text  one diagnostic per entry on stderr, then a summary `N errors, M warnings`
+  --format text  every diagnostic on stderr (one line, plus an indented hint), then a summary
+                 line `N errors, M warnings`
   --format json  a JSON array of diagnostics on stdout (for piping), nothing else on stdout
 
 Exit status: 0 no errors (warnings and infos allowed), 1 at least one error,
