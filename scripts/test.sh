@@ -64,7 +64,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 section "2. cargo fmt --check"
-cargo fmt --all --check
+cargo fmt --all --check -- --color=never
 
 # ---------------------------------------------------------------------------------------------
 section "3. cargo clippy (all targets, warnings are errors)"
@@ -72,7 +72,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 # ---------------------------------------------------------------------------------------------
 section "4. cargo test (unit, integration, real-Envoy and doc tests)"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 # ---------------------------------------------------------------------------------------------
 section "done in ${SECONDS}s"
