@@ -57,7 +57,8 @@
 //! Also: per-type services (`per_type_services_serve_their_type`), `Fetch*` answers
 //! UNIMPLEMENTED (`fetch_is_unimplemented`), graceful shutdown
 //! (`shutdown_ends_streams_and_serve_returns`), the observability API
-//! (`observability_registry_and_counters`) and the translator adapter.
+//! (`observability_registry_and_counters`, `observability_synced_version_follows_unpushed_changes`)
+//! and the translator adapter.
 
 use std::time::Duration;
 
@@ -1452,6 +1453,83 @@ async fn observability_registry_and_counters() {
     assert!(m.by_type[CDS].bytes > 0);
     assert_eq!(m.streams_connected, 1);
     assert!(serde_json::to_string(&m).unwrap().contains("requests_nack"));
+}
+
+#[tokio::test]
+async fn observability_synced_version_follows_unpushed_changes() {
+    let server = Server::start().await;
+    server.set(base());
+    let current = |t: &str| {
+        server
+            .cache
+            .snapshot("default")
+            .unwrap()
+            .version(t)
+            .to_string()
+    };
+    let mut ads = server.ads().await;
+    ads.request(EDS, &["a"]);
+    let r = ads.recv().await;
+    assert_eq!(
+        server.type_status(NODE, EDS).synced_version,
+        None,
+        "not acked yet"
+    );
+    ads.ack(&r, &["a"]);
+    ads.expect_quiet().await;
+    assert_eq!(
+        server.type_status(NODE, EDS).synced_version,
+        Some(current(EDS))
+    );
+    // Only b's endpoints change: nothing is pushed to a proxy that wants a, yet it is current.
+    server.set(snap(with_cla_port(base_items(), "b", 9)));
+    ads.expect_quiet().await;
+    let eds = server.type_status(NODE, EDS);
+    assert_eq!(eds.version_acked.as_deref(), Some(r.version_info.as_str()));
+    assert_ne!(eds.version_acked.as_deref(), Some(current(EDS).as_str()));
+    assert_eq!(eds.synced_version, Some(current(EDS)));
+    // A rejected push is not in sync, and stays so while unrelated changes pass by.
+    server.set(snap(with_cla_port(
+        with_cla_port(base_items(), "b", 9),
+        "a",
+        7,
+    )));
+    let bad = ads.recv().await;
+    ads.nack(&bad, &r.version_info, &["a"], "rejected");
+    ads.expect_quiet().await;
+    server.set(snap(with_cla_port(
+        with_cla_port(base_items(), "b", 10),
+        "a",
+        7,
+    )));
+    ads.expect_quiet().await;
+    let eds = server.type_status(NODE, EDS);
+    assert_ne!(eds.synced_version, Some(current(EDS)));
+
+    // Delta: same rule.
+    let mut d = server.delta().await;
+    d.subscribe(EDS, &["a"], &[]);
+    let r = d.recv().await;
+    d.ack(&r);
+    d.expect_quiet().await;
+    server.set(snap(with_cla_port(
+        with_cla_port(base_items(), "b", 11),
+        "a",
+        7,
+    )));
+    d.expect_quiet().await;
+    let delta_status = server
+        .registry
+        .snapshot()
+        .into_iter()
+        .find(|p| p.transport == Transport::DeltaAds)
+        .unwrap();
+    let eds = delta_status
+        .types
+        .iter()
+        .find(|t| t.type_url == EDS)
+        .unwrap();
+    assert_eq!(eds.synced_version, Some(current(EDS)));
 }
 
 #[test]

@@ -45,6 +45,10 @@ struct TypeState {
     responded: bool,
     last_nonce: Option<String>,
     in_flight: VecDeque<InFlight>,
+    /// Snapshot version of this type last reconciled against (pushed or not).
+    view_version: Option<String>,
+    /// The last answered response was rejected.
+    nacked: bool,
 }
 
 #[derive(Default)]
@@ -194,6 +198,21 @@ impl DeltaProtocol {
         });
     }
 
+    /// `type_url` was evaluated against snapshot `version`: with nothing outstanding, the
+    /// proxy is in sync with it.
+    fn reconciled(&mut self, type_url: &str, version: &str) {
+        let Some(state) = self.types.get_mut(type_url) else {
+            return;
+        };
+        state.view_version = Some(version.to_string());
+        if state.responded && state.in_flight.is_empty() && !state.nacked {
+            let v = version.to_string();
+            self.ctx
+                .handle
+                .update(type_url, |t| t.synced_version = Some(v));
+        }
+    }
+
     fn record_subscription(&self, type_url: &str) {
         let Some(state) = self.types.get(type_url) else {
             return;
@@ -246,16 +265,26 @@ impl DeltaProtocol {
             None => {
                 let version = answered.version;
                 let nonce = answered.nonce;
+                let synced = if state.in_flight.is_empty() {
+                    state.nacked = false;
+                    state.view_version.clone()
+                } else {
+                    None
+                };
                 self.ctx.handle.update(type_url, |t| {
                     if latest {
                         t.state = SyncState::Acked;
                     }
                     t.version_acked = Some(version);
                     t.nonce_acked = Some(nonce);
+                    if synced.is_some() {
+                        t.synced_version = synced;
+                    }
                 });
                 RequestKind::Ack
             }
             Some(error) => {
+                state.nacked = true;
                 tracing::warn!(
                     node = %self.ctx.node_id,
                     type_url = %type_url,
@@ -368,11 +397,14 @@ impl Protocol for DeltaProtocol {
         };
         let state = &self.types[&type_url];
         let plan = plan(&type_url, state, &snapshot);
-        if plan.is_empty() && state.responded {
-            return Ok(Vec::new());
-        }
         let version = snapshot.version(&type_url).to_string();
-        Ok(vec![self.commit(&type_url, plan, &version)])
+        let out = if plan.is_empty() && state.responded {
+            Vec::new()
+        } else {
+            vec![self.commit(&type_url, plan, &version)]
+        };
+        self.reconciled(&type_url, &version);
+        Ok(out)
     }
 
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<DeltaWire> {
@@ -398,11 +430,13 @@ impl Protocol for DeltaProtocol {
                 // listener, route, cluster, endpoint order.
                 removals.push((type_url.clone(), std::mem::take(&mut plan.removed)));
             }
-            if plan.is_empty() && !first {
-                continue;
-            }
             let version = snapshot.version(type_url).to_string();
-            out.push(self.commit(type_url, plan, &version));
+            if !plan.is_empty() || first {
+                out.push(self.commit(type_url, plan, &version));
+            }
+            if !removals.iter().any(|(t, _)| t == type_url) {
+                self.reconciled(type_url, &version);
+            }
         }
         removals.sort_by(|a, b| removal_rank(&a.0).cmp(&removal_rank(&b.0)));
         for (type_url, removed) in removals {
@@ -412,6 +446,7 @@ impl Protocol for DeltaProtocol {
                 removed,
             };
             out.push(self.commit(&type_url, plan, &version));
+            self.reconciled(&type_url, &version);
         }
         out
     }

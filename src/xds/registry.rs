@@ -73,6 +73,12 @@ pub struct TypeStatus {
     pub nonce_sent: Option<String>,
     pub version_acked: Option<String>,
     pub nonce_acked: Option<String>,
+    /// The snapshot version of this type the proxy is in sync with: its last response was
+    /// acknowledged and nothing in snapshots up to this version needed sending since. A
+    /// snapshot change that does not touch what this proxy subscribes to moves it without a
+    /// push (so `version_acked` can lag while the proxy is current). Compare with the group's
+    /// `Snapshot::version(type_url)` to tell SYNCED from STALE.
+    pub synced_version: Option<String>,
     pub last_nack: Option<NackStatus>,
     pub nacks: u64,
     pub pushes: u64,

@@ -45,6 +45,12 @@ struct TypeState {
     last: Option<Last>,
     /// Answer the next ACK even if nothing changed (a cluster or listener is warming).
     force: bool,
+    /// Snapshot version of this type last reconciled against (pushed or not).
+    view_version: Option<String>,
+    /// The last response is not acknowledged yet.
+    pending: bool,
+    /// The last response was rejected.
+    nacked: bool,
 }
 
 struct Plan {
@@ -158,6 +164,7 @@ impl SotwProtocol {
             .iter()
             .any(|r| state.sent.get(r.name()).map(|s| s.version()) != Some(r.version()));
         state.sent = plan.sent;
+        state.pending = true;
         state.last = Some(Last {
             nonce: nonce.clone(),
             version: plan.version.clone(),
@@ -222,6 +229,21 @@ impl SotwProtocol {
         });
     }
 
+    /// `type_url` was evaluated against snapshot `version`: with nothing outstanding, the
+    /// proxy is in sync with it.
+    fn reconciled(&mut self, type_url: &str, version: &str) {
+        let Some(state) = self.types.get_mut(type_url) else {
+            return;
+        };
+        state.view_version = Some(version.to_string());
+        if state.last.is_some() && !state.pending && !state.nacked {
+            let v = version.to_string();
+            self.ctx
+                .handle
+                .update(type_url, |t| t.synced_version = Some(v));
+        }
+    }
+
     fn record_subscription(&self, type_url: &str) {
         let Some(state) = self.types.get(type_url) else {
             return;
@@ -277,15 +299,23 @@ impl Protocol for SotwProtocol {
         self.ctx.handle.metrics().request(kind);
         match kind {
             RequestKind::Ack => {
+                state.pending = false;
+                state.nacked = false;
+                let synced = state.view_version.clone();
                 let version = req.version_info.clone();
                 let nonce = req.response_nonce.clone();
                 self.ctx.handle.update(&type_url, |t| {
                     t.state = SyncState::Acked;
                     t.version_acked = Some(version);
                     t.nonce_acked = Some(nonce);
+                    if synced.is_some() {
+                        t.synced_version = synced;
+                    }
                 });
             }
             RequestKind::Nack => {
+                state.pending = false;
+                state.nacked = true;
                 let (version, names) = state
                     .last
                     .as_ref()
@@ -339,13 +369,16 @@ impl Protocol for SotwProtocol {
         };
         let full = kind == RequestKind::Initial || (kind == RequestKind::Ack && force);
         if kind == RequestKind::Nack && added.is_empty() {
+            self.reconciled(&type_url, snapshot.version(&type_url));
             return Ok(Vec::new());
         }
         let state = &self.types[&type_url];
-        match self.plan(&type_url, state, &snapshot, full) {
-            Some(plan) => Ok(vec![self.commit(&type_url, plan)]),
-            None => Ok(Vec::new()),
-        }
+        let out = match self.plan(&type_url, state, &snapshot, full) {
+            Some(plan) => vec![self.commit(&type_url, plan)],
+            None => Vec::new(),
+        };
+        self.reconciled(&type_url, snapshot.version(&type_url));
+        Ok(out)
     }
 
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<SotwWire> {
@@ -411,12 +444,14 @@ impl Protocol for SotwProtocol {
             if let Some(plan) = self.plan(type_url, state, &snapshot, state.last.is_none()) {
                 out.push(self.commit(type_url, plan));
             }
+            self.reconciled(type_url, snapshot.version(type_url));
         }
         if cds_final {
             let state = &self.types[resource::CLUSTER];
             if let Some(plan) = self.plan(resource::CLUSTER, state, &snapshot, false) {
                 out.push(self.commit(resource::CLUSTER, plan));
             }
+            self.reconciled(resource::CLUSTER, snapshot.version(resource::CLUSTER));
         }
         out
     }
