@@ -373,9 +373,11 @@ async fn control_loop(
     let mut observer = Observer::default();
     let mut loads_open = true;
     loop {
-        let busy = app.has_pending_phases() || observer.converging.is_some();
-        let tick = if busy {
+        // Phases wait on ACKs: look often. Convergence only measures: a bit less often.
+        let tick = if app.has_pending_phases() {
             Duration::from_millis(20)
+        } else if observer.converging.is_some() {
+            Duration::from_millis(50)
         } else {
             Duration::from_millis(200)
         };
@@ -969,6 +971,9 @@ fn mixed(
 
 // ===== observer: NACKs, push latency, convergence =====
 
+/// A swap that not every proxy acknowledged after this long is not measured.
+const CONVERGENCE_GIVE_UP: Duration = Duration::from_secs(60);
+
 #[derive(Default)]
 struct Observer {
     /// (stream, type) → the last NACK time seen.
@@ -994,8 +999,13 @@ impl Observer {
             for t in &p.types {
                 let key = (p.stream_id, t.type_url.clone());
                 // Push latency: first push after the group's latest swap.
+                // Pushes to a proxy that connected after the swap are initial fetches, not
+                // push latency.
                 if let (Some(pushed), Some(swapped)) = (t.last_push_unix_ms, set_at.get(&p.group)) {
-                    if pushed >= *swapped && self.pushes_seen.get(&key) != Some(swapped) {
+                    if pushed >= *swapped
+                        && p.connected_since_unix_ms <= *swapped
+                        && self.pushes_seen.get(&key) != Some(swapped)
+                    {
                         self.pushes_seen.insert(key.clone(), *swapped);
                         app.metrics
                             .observe_push(&t.type_url, (pushed - swapped) as f64 / 1000.0);
@@ -1012,6 +1022,11 @@ impl Observer {
         }
 
         if let Some((generation, since)) = self.converging {
+            if since.elapsed() > CONVERGENCE_GIVE_UP {
+                tracing::debug!(generation, "config did not converge within {CONVERGENCE_GIVE_UP:?} (a proxy rejected it or never acknowledged it); not measured");
+                self.converging = None;
+                return;
+            }
             if app.has_pending_phases() {
                 return;
             }
@@ -1197,10 +1212,25 @@ impl AdminView for App {
         let state = self.state.load();
         let mut out = String::new();
         match (&state.rejected, &state.served) {
-            (None, Some(s)) => out.push_str(&format!(
-                "no config errors: serving generation {} (version {})\n",
-                s.generation, s.version
-            )),
+            (None, Some(s)) => {
+                out.push_str(&format!(
+                    "no config errors: serving generation {} (version {})\n",
+                    s.generation, s.version
+                ));
+                // What is served anyway: references istiod also serves (IST0101), warnings.
+                let notes: Vec<&Diagnostic> = s
+                    .translation
+                    .diagnostics
+                    .iter()
+                    .filter(|d| d.severity != Severity::Info)
+                    .collect();
+                if !notes.is_empty() {
+                    out.push_str("\nserved with these diagnostics:\n");
+                    for d in notes {
+                        out.push_str(&format!("{d}\n"));
+                    }
+                }
+            }
             (None, None) => out.push_str("no config read yet\n"),
             (Some(r), served) => {
                 match served {

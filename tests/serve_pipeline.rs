@@ -542,7 +542,6 @@ async fn admin_pages_and_metrics() {
         "shadowplane_config_errors",
         "shadowplane_snapshot_info",
         "shadowplane_xds_requests_total",
-        "shadowplane_xds_push_duration_seconds_count",
         "shadowplane_xds_convergence_seconds_count",
         "shadowplane_config_reloads_total",
     ] {
@@ -558,6 +557,16 @@ async fn admin_pages_and_metrics() {
             "result=\"applied\""
         ),
         Some(1.0)
+    );
+    // No swap happened since the proxy connected: no push latency yet, but the series exist.
+    assert_eq!(
+        metric(
+            &samples,
+            "shadowplane_xds_push_duration_seconds_count",
+            &cds_label
+        ),
+        Some(0.0),
+        "{body}"
     );
     assert!(body.ends_with("# EOF\n"));
 
@@ -804,5 +813,12 @@ async fn retargeting_a_route_pushes_the_new_cluster_first_and_removes_the_old_on
         metrics.contains("shadowplane_xds_convergence_seconds_count 1"),
         "{metrics}"
     );
+    // Three swaps reached this proxy's CDS subscription, two of them with a CDS push.
+    let pushes = metric(
+        &parse_metrics(&metrics),
+        "shadowplane_xds_push_duration_seconds_count",
+        &format!("type_url=\"{CLUSTER}\""),
+    );
+    assert!(pushes.is_some_and(|n| n >= 2.0), "{metrics}");
     server.shutdown().await.expect("clean shutdown");
 }
