@@ -111,7 +111,7 @@ impl Metrics {
         );
         // Series for the four Envoy types exist from the start, so dashboards see zeros.
         for type_url in crate::xds::resource::PUSH_ORDER {
-            push_duration.get_or_create(&vec![("type_url", type_url.to_string())]);
+            drop(push_duration.get_or_create(&vec![("type_url", type_url.to_string())]));
         }
         registry.register_collector(Box::new(XdsCollector { registry: proxies }));
         Metrics {
