@@ -41,15 +41,15 @@
 //! | D9 | deletion → `removed_resources` | `d9_deletion_reported_removed` |
 //! | D10 | reconnect with `initial_resource_versions` | `d10_reconnect_initial_resource_versions` |
 //! | D11 | wildcard reconnect with versions stays wildcard | `d11_wildcard_reconnect` |
-//! | D12 | `initial_resource_versions` on a later message ignored | `d12_initial_versions_later_ignored` |
+//! | D12 | `initial_resource_versions` on a later message ignored (our choice over rejecting) | `d12_initial_versions_later_ignored` |
 //! | D13 | delta legacy wildcard sequence; explicit `*` | `d13_delta_wildcard_sequence` |
 //! | D14 | per-resource versions are stable content hashes | `d14_stable_resource_versions` |
 //! | O1 | ADS push order CDS → EDS → LDS → RDS (SotW and delta) | `o1_ads_push_order`, `o1_delta_ads_push_order` |
-//! | O2 | EDS answered after a CDS change, even unchanged | `o2_eds_answered_while_cluster_warms` |
+//! | O2 | EDS answered after a CDS change, even unchanged (ADS only: a per-type EDS stream cannot see the CDS push) | `o2_eds_answered_while_cluster_warms` |
 //! | O3 | never hold EDS/RDS; empty placeholder for unknown names | `o3_unknown_names_answered_with_placeholders` |
-//! | O4 | make-before-break: removed clusters go after routes | `o4_make_before_break`, `o4_delta_make_before_break` |
+//! | O4 | make-before-break: removed clusters go after routes (send order within one push; ACK-gated phases across pushes are the serve pipeline's, `src/app.rs`) | `o4_make_before_break`, `o4_delta_make_before_break` |
 //! | O5 | listener before its route; route answered while listener warms | `o5_route_answered_while_listener_warms` |
-//! | R1 | response sizes recorded; oversized warned; request limit | `r1_sizes_recorded_and_limits` |
+//! | R1 | response sizes recorded; oversized warned (no hard send limit); request limit | `r1_sizes_recorded_and_limits` |
 //! | R2 | a slow client does not block others | `r2_slow_client_does_not_block_others` |
 //! | R3 | stream teardown releases registry entries and watches | `r3_teardown_releases_state` |
 //! | R4 | max connection age forces reconnection | `r4_max_connection_age` |
