@@ -14,8 +14,8 @@ pub mod duration;
 pub mod gateway;
 pub mod listener;
 pub mod registry;
-pub mod traffic_policy;
 pub mod route;
+pub mod traffic_policy;
 pub mod virtual_service;
 
 use crate::diag::Diagnostic;

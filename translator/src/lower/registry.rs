@@ -615,6 +615,21 @@ fn add_service_entry(
     }
 
     let mut endpoints = if resolution == Resolution::None {
+        if se.endpoints.is_empty() {
+            // istiod sends such traffic to an ORIGINAL_DST passthrough cluster, which only
+            // works for a proxy that intercepts connections to the real destination.
+            diags.push(
+                res.diag(
+                    Diagnostic::warning(
+                        Code::UnsupportedField,
+                        "resolution NONE (passthrough to the original destination) is not supported: the clusters get no endpoints and requests to them fail with 503",
+                    ),
+                    "spec.resolution",
+                )
+                .value("NONE")
+                .hint("use resolution STATIC with endpoints, or DNS to resolve the host"),
+            );
+        }
         if !se.endpoints.is_empty() {
             diags.push(
                 res.diag(
@@ -900,10 +915,18 @@ ports:
                 Protocol::Http
             ]
         );
-        // Only the unnamed-protocol, non-HTTP-named port gets an info note.
+        // Only the unnamed-protocol, non-HTTP-named port gets an info note (plus the warning
+        // that resolution NONE, the default, gives clusters without endpoints).
         assert_eq!(
             codes(&diags),
-            vec![(Severity::Info, Code::MissingField, "spec.ports[6]".into())]
+            vec![
+                (Severity::Info, Code::MissingField, "spec.ports[6]".into()),
+                (
+                    Severity::Warning,
+                    Code::UnsupportedField,
+                    "spec.resolution".into()
+                ),
+            ]
         );
     }
 
@@ -960,6 +983,13 @@ resolution: DNS
         assert_eq!(
             codes(&diags),
             vec![
+                // NONE: passthrough is not supported.
+                (
+                    Severity::Warning,
+                    Code::UnsupportedField,
+                    "spec.resolution".into()
+                ),
+                // DYNAMIC_DNS: treated as DNS.
                 (
                     Severity::Warning,
                     Code::UnsupportedField,
@@ -972,7 +1002,12 @@ resolution: DNS
                 ),
             ]
         );
-        let bogus = &diags[1];
+        assert!(
+            diags[0].message.contains("resolution NONE"),
+            "{}",
+            diags[0].message
+        );
+        let bogus = &diags[2];
         assert!(bogus.message.contains("\"BOGUS\""), "{}", bogus.message);
         assert!(bogus.hint.as_deref().unwrap().contains("DNS_ROUND_ROBIN"));
     }

@@ -387,14 +387,13 @@ fn parse_document(file: &Arc<str>, doc: yaml::Document, out: &mut Parsed) {
     let spec_kind = match dispatch(api_version, kind) {
         Dispatch::Translate(k) => k,
         Dispatch::Skip(why) => {
-            let who = match raw_name {
-                Some(name) => format!("{kind} {raw_namespace}/{name}"),
-                None => format!("{kind} (unnamed)"),
+            // A named resource is already in the diagnostic's resource part; say it once.
+            let message = match raw_name {
+                Some(_) => format!("skipped: {why}"),
+                None => format!("skipped {kind} (unnamed): {why}"),
             };
-            out.diagnostics.push(ctx.diag(
-                Diagnostic::info(Code::SkippedKind, format!("skipped {who}: {why}")),
-                "kind",
-            ));
+            out.diagnostics
+                .push(ctx.diag(Diagnostic::info(Code::SkippedKind, message), "kind"));
             return;
         }
         Dispatch::BadApiVersion => {

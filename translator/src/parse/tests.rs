@@ -212,10 +212,7 @@ fn seed_step_2_parses_and_skips_the_deployment() {
     let d = only(&parsed);
     assert_eq!(d.severity, Severity::Info);
     assert_eq!(d.code, Code::SkippedKind);
-    assert_eq!(
-        d.message,
-        "skipped Deployment challengeistio/jscalcbackend-new-v2: not an Istio networking resource"
-    );
+    assert_eq!(d.message, "skipped: not an Istio networking resource");
     assert_eq!(loc(d), ("seed/mirror.yaml", 2, 1));
     assert_eq!(d.field.as_deref(), Some("kind"));
     assert_eq!(
@@ -710,12 +707,12 @@ spec: {}
     assert_eq!(
         messages,
         [
-            ("skipped Service challengeistio/calcbackendsvc: not an Istio networking resource", I, S),
+            ("skipped: not an Istio networking resource", I, S),
             ("skipped List (unnamed): not an Istio networking resource", I, S),
-            ("skipped Sidecar istio-system/default: this Istio kind is not supported by shadowplane", I, S),
-            ("skipped PeerAuthentication default/default: this Istio kind is not supported by shadowplane", I, S),
+            ("skipped: this Istio kind is not supported by shadowplane", I, S),
+            ("skipped: this Istio kind is not supported by shadowplane", I, S),
             (
-                "skipped Gateway default/gw: Kubernetes Gateway API resources are not supported (use a networking.istio.io Gateway)",
+                "skipped: Kubernetes Gateway API resources are not supported (use a networking.istio.io Gateway)",
                 I,
                 S
             ),

@@ -774,7 +774,6 @@ mod tests {
             d.body.as_ref().and_then(|b| b.specifier.clone()),
             Some(core_v3::data_source::Specifier::InlineBytes(vec![0, 1, 2]))
         );
-
     }
 
     #[test]

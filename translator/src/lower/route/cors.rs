@@ -70,7 +70,8 @@ pub(crate) fn translate(
             .map(|d| d.as_secs().to_string()),
     };
     let forward_not_matching_preflights = match c.unmatched_preflights.as_deref() {
-        None | Some("UNSPECIFIED") | Some("FORWARD") => None,
+        // istiod always sets the field: true unless the user asked to ignore them.
+        None | Some("UNSPECIFIED") | Some("FORWARD") => Some(true),
         Some("IGNORE") => Some(false),
         Some(other) => {
             cx.emit(

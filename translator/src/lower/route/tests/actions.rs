@@ -299,6 +299,7 @@ fn cors_policy_and_the_listener_filter() {
         cors.allow_origin_string_match,
         vec![StringMatcher::Exact("https://old.example.com".to_string())]
     );
-    assert_eq!(cors.forward_not_matching_preflights, None);
+    // istiod always sets it: true unless unmatchedPreflights is IGNORE.
+    assert_eq!(cors.forward_not_matching_preflights, Some(true));
     assert_eq!(cors.max_age, None);
 }
