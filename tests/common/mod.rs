@@ -207,6 +207,8 @@ impl Backend {
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
+                    // e.g. out of file descriptors: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let journal = accept_journal.clone();
