@@ -880,14 +880,20 @@ impl App {
     }
 }
 
-/// Whether every stream of `group` acknowledged `snapshot` for each type it was sent.
+/// Whether every stream of `group` is in sync with `snapshot` (acknowledged it, or needed
+/// nothing from it) for each type it was sent.
 fn group_acked(group: &str, snapshot: &Snapshot, proxies: &[ProxyStatus]) -> bool {
-    proxies.iter().filter(|p| p.group == group).all(|p| {
-        p.types
-            .iter()
-            .filter(|t| t.version_sent.is_some())
-            .all(|t| t.version_acked.as_deref() == Some(snapshot.version(&t.type_url)))
-    })
+    proxies
+        .iter()
+        .filter(|p| p.group == group)
+        .all(|p| p.types.iter().all(|t| type_synced(t, snapshot)))
+}
+
+/// A type that was never sent needs nothing; otherwise the proxy must be in sync with the
+/// snapshot's version of it (the registry's `synced_version`: `version_acked` can lag when a
+/// change does not touch what the proxy subscribes to).
+fn type_synced(t: &crate::xds::TypeStatus, snapshot: &Snapshot) -> bool {
+    t.version_sent.is_none() || t.synced_version.as_deref() == Some(snapshot.version(&t.type_url))
 }
 
 /// The snapshots to push, in order, to go from `current` to `target` without dropping
@@ -1142,7 +1148,7 @@ impl AdminView for App {
                             "NACKED"
                         } else if status.version_sent.is_none() {
                             "NOT SENT"
-                        } else if status.version_acked.as_deref() == Some(current) {
+                        } else if type_synced(status, &group.current) {
                             "SYNCED"
                         } else {
                             "STALE"

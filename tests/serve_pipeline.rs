@@ -2,6 +2,9 @@
 //! port, a real gRPC ADS client, and the admin pages over HTTP.
 //!
 //! Every wait is bounded; a test fails (never hangs) when a push does not come.
+//! The last tests put a real Envoy (ADS, state of the world and delta) in front of it.
+
+mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -821,4 +824,174 @@ async fn retargeting_a_route_pushes_the_new_cluster_first_and_removes_the_old_on
     );
     assert!(pushes.is_some_and(|n| n >= 2.0), "{metrics}");
     server.shutdown().await.expect("clean shutdown");
+}
+
+// ===== a real Envoy =====
+
+fn envoy_bootstrap(xds: SocketAddr, api_type: &str) -> String {
+    format!(
+        "\
+node:
+  id: envoy-{api}
+  cluster: test
+  metadata:
+    NAMESPACE: demo
+    BIND_ADDRESS: 127.0.0.1
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc: {{ cluster_name: xds_cluster }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds_cluster
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {{}}
+    load_assignment:
+      cluster_name: xds_cluster
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+",
+        api = api_type.to_ascii_lowercase(),
+        port = xds.port(),
+    )
+}
+
+/// The ServiceEntry on `port` with one endpoint per backend (`version: <name>`).
+fn service_entry_for(port: u16, backends: &[&common::Backend]) -> String {
+    let mut s = SERVICE_ENTRY
+        .replace("number: 8080", &format!("number: {port}"))
+        .split("  endpoints:\n")
+        .next()
+        .expect("service entry text")
+        .to_string();
+    s.push_str("  endpoints:\n");
+    for b in backends {
+        s.push_str(&format!(
+            "  - address: 127.0.0.1\n    ports:\n      http: {}\n    labels:\n      version: {}\n",
+            b.port(),
+            b.name()
+        ));
+    }
+    s
+}
+
+/// Real Envoy over ADS: the first config, a route moved to another subset under continuous
+/// traffic (no failed request), a broken file (Envoy keeps its config), no NACK anywhere.
+fn envoy_follows_serve(api_type: &str) {
+    let v1 = common::Backend::start("v1");
+    let v2 = common::Backend::start("v2");
+    let port = common::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("service-entry.yaml"),
+        service_entry_for(port, &[&v1, &v2]),
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("routing.yaml"), routing("v1")).expect("write");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let server = rt.block_on(start_server(dir.path()));
+
+    let mut envoy = common::EnvoyProcess::start(&envoy_bootstrap(server.xds_addr(), api_type));
+    envoy.wait_for_listener(port);
+    let client = common::HttpClient::new();
+    let first = client.get(port, "calc", "/first", &[]);
+    assert_eq!(first.status, 200, "{}", first.body_string());
+    assert_eq!(first.header("x-backend-version"), Some("v1"));
+
+    // Continuous traffic while the route moves from v1 to v2.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let client = common::HttpClient::new();
+            let (mut sent, mut failures) = (0u32, Vec::new());
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                sent += 1;
+                match client.try_request("GET", port, "calc", "/during", &[], Vec::new()) {
+                    Ok(r) if r.status == 200 => {}
+                    Ok(r) => failures.push(format!("{} {}", r.status, r.body_string())),
+                    Err(e) => failures.push(e),
+                }
+            }
+            (sent, failures)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    replace(&dir.path().join("routing.yaml"), &routing("v2"));
+    let moved = v2.wait_for(1, Duration::from_secs(10));
+    assert!(
+        !moved.is_empty(),
+        "no request reached v2 after the route moved"
+    );
+    // Let the last phase (removing the v1 cluster) happen under traffic too.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failures) = traffic.join().expect("traffic thread");
+    assert!(sent > 10, "only {sent} requests were sent");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed while the route moved: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let (_, clusters) = envoy.admin_get("/clusters");
+    assert!(
+        !clusters.contains(&format!("outbound|{port}|v1|{HOST}")),
+        "the v1 cluster was not removed:\n{clusters}"
+    );
+
+    // A broken file: Envoy keeps routing to v2.
+    replace(&dir.path().join("routing.yaml"), BROKEN_DESTINATION_RULE);
+    let (_, errors) = rt.block_on(wait_for_page(server.admin_addr(), "/debug/errors", |b| {
+        b.contains("config rejected")
+    }));
+    assert!(errors.contains("config rejected"), "{errors}");
+    let after = client.get(port, "calc", "/after", &[]);
+    assert_eq!(after.status, 200);
+    assert_eq!(after.header("x-backend-version"), Some("v2"));
+
+    // Envoy accepted everything: no NACK, every type synced.
+    assert!(errors.contains("no NACKs"), "{errors}");
+    let (_, proxies) = rt.block_on(get(server.admin_addr(), "/debug/proxies"));
+    let proxies: serde_json::Value = serde_json::from_str(&proxies).expect("json");
+    let envoy_status = proxies["proxies"]
+        .as_array()
+        .expect("proxies")
+        .iter()
+        .find(|p| p["node_id"] == format!("envoy-{}", api_type.to_ascii_lowercase()))
+        .expect("envoy in /debug/proxies");
+    assert_eq!(envoy_status["group"], "namespace=demo,bind=127.0.0.1");
+    for t in envoy_status["types"].as_array().expect("types") {
+        assert_eq!(t["sync"], "SYNCED", "{t}");
+    }
+    rt.block_on(server.shutdown()).expect("clean shutdown");
+}
+
+#[test]
+fn envoy_over_ads_sotw_follows_serve_without_dropping_traffic() {
+    envoy_follows_serve("GRPC");
+}
+
+#[test]
+fn envoy_over_ads_delta_follows_serve_without_dropping_traffic() {
+    envoy_follows_serve("DELTA_GRPC");
 }
