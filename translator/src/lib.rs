@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod canonical;
 pub mod diag;
 pub mod ir;
 pub mod istio;

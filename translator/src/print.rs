@@ -62,16 +62,79 @@ pub fn to_json<M: Message + Name>(msg: &M) -> Result<Value, PrintError> {
     let descriptor = descriptor_pool()
         .get_message_by_name(&type_name)
         .ok_or_else(|| PrintError::UnknownMessage(type_name.clone()))?;
-    let dynamic =
-        DynamicMessage::decode(descriptor, msg.encode_to_vec().as_slice()).map_err(|source| {
-            PrintError::Decode {
-                type_name: type_name.clone(),
-                source,
-            }
+    let dynamic = DynamicMessage::decode(descriptor.clone(), msg.encode_to_vec().as_slice())
+        .map_err(|source| PrintError::Decode {
+            type_name: type_name.clone(),
+            source,
         })?;
-    dynamic
+    let mut json = dynamic
         .serialize_with_options(serde_json::value::Serializer, &options())
-        .map_err(|source| PrintError::Serialize { type_name, source })
+        .map_err(|source| PrintError::Serialize { type_name, source })?;
+    sort_map_keys(&descriptor, &mut json);
+    Ok(json)
+}
+
+/// prost-reflect prints `map<...>` fields (and `google.protobuf.Struct`s) in hash order; sort
+/// their keys so the same resource always prints the same (goldens compare bytes). Regular
+/// fields keep the proto order.
+fn sort_map_keys(descriptor: &prost_reflect::MessageDescriptor, value: &mut Value) {
+    use prost_reflect::Kind;
+    let Value::Object(object) = value else {
+        return;
+    };
+    match descriptor.full_name() {
+        "google.protobuf.Any" => {
+            let inner = object
+                .get("@type")
+                .and_then(Value::as_str)
+                .and_then(|url| url.rsplit('/').next())
+                .and_then(|name| descriptor_pool().get_message_by_name(name));
+            if let Some(inner) = inner {
+                sort_map_keys(&inner, value);
+            }
+            return;
+        }
+        "google.protobuf.Struct" | "google.protobuf.Value" => {
+            sort_all_keys(value);
+            return;
+        }
+        _ => {}
+    }
+    for field in descriptor.fields() {
+        let Some(child) = object.get_mut(field.name()) else {
+            continue;
+        };
+        if field.is_map() {
+            if let Value::Object(entries) = child {
+                entries.sort_keys();
+            }
+            let value_kind = match field.kind() {
+                Kind::Message(entry) => entry.map_entry_value_field().kind(),
+                _ => continue,
+            };
+            if let (Kind::Message(m), Value::Object(entries)) = (value_kind, child) {
+                for v in entries.values_mut() {
+                    sort_map_keys(&m, v);
+                }
+            }
+        } else if let Kind::Message(m) = field.kind() {
+            match child {
+                Value::Array(items) => items.iter_mut().for_each(|v| sort_map_keys(&m, v)),
+                v => sort_map_keys(&m, v),
+            }
+        }
+    }
+}
+
+fn sort_all_keys(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            object.sort_keys();
+            object.values_mut().for_each(sort_all_keys);
+        }
+        Value::Array(items) => items.iter_mut().for_each(sort_all_keys),
+        _ => {}
+    }
 }
 
 fn list_to_json<M: Message + Name>(items: &[M]) -> Value {
