@@ -36,6 +36,29 @@
 //! clusters still present; then the final snapshot that removes the old clusters. A change
 //! that adds or removes no cluster, or leaves listeners and routes alone, is one push.
 
+//!
+//! **Flags of `shadowplane serve`**, as the CLI maps them onto [`ServeConfig`]:
+//!
+//! | flag | default | field |
+//! |---|---|---|
+//! | `--config PATH` (repeatable, required) | | `config_paths` |
+//! | `--xds-listen ADDR:PORT` | `127.0.0.1:18000` | `xds_listen` |
+//! | `--admin-listen ADDR:PORT` | `127.0.0.1:19000` | `admin_listen` |
+//! | `--bind-address ADDR` | `0.0.0.0` (node metadata `BIND_ADDRESS` overrides) | `options.bind_address` |
+//! | `--no-shadow-suffix` | off | `options.disable_shadow_host_suffix` |
+//! | `--proxy-namespace NS` | none (node metadata `NAMESPACE` overrides) | `options.proxy_namespace` |
+//! | `--domain-suffix SUFFIX` | `cluster.local` | `options.domain_suffix` |
+//! | `--debounce DURATION` | `100ms` | `debounce.quiet` |
+//! | `--debounce-max DURATION` | `1s` | `debounce.max_delay` |
+//! | `--phase-timeout DURATION` | `5s` | `phase_timeout` |
+//! | `--drain-timeout DURATION` | `5s` | `drain_timeout` |
+//!
+//! The command runs [`run`] on a tokio runtime with `std::future::pending()` as the extra
+//! shutdown future (SIGTERM and Ctrl-C are handled inside), and exits 0 when it returns `Ok`;
+//! a [`ServeError`] (a port in use, no `--config`) is a usage error. Logs go through
+//! `tracing` (`RUST_LOG`): config changes at info, rejected configs at error, NACKs at warn,
+//! one line per push per proxy at debug.
+
 mod attribution;
 
 pub use attribution::SourceRef;

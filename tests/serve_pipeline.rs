@@ -701,6 +701,34 @@ async fn a_nack_is_shown_with_envoys_message_and_the_source_object() {
         "{errors}"
     );
     assert!(errors.contains("destination-rule.yaml:"), "{errors}");
+    // Only the cluster Envoy's message names is attributed.
+    assert!(!errors.contains("spec.subsets[0]"), "{errors}");
+
+    // A rejected route configuration points at the VirtualService that produced it.
+    ads.subscribe(ROUTE, &["8080"]).await;
+    let routes = ads.expect(ROUTE).await;
+    ads.nack(&routes, &["8080"], "Proto constraint validation failed")
+        .await;
+    let (_, errors) = wait_for_page(server.admin_addr(), "/debug/errors", |b| {
+        b.contains("rejected RouteConfiguration")
+    })
+    .await;
+    assert!(
+        errors.contains("source: VirtualService demo/calc-vs (")
+            && errors.contains("virtual-service.yaml:4:"),
+        "{errors}"
+    );
+    // The metric counts both NACKs.
+    let (_, metrics) = get(server.admin_addr(), "/metrics").await;
+    assert_eq!(
+        metric(
+            &parse_metrics(&metrics),
+            "shadowplane_xds_requests_total",
+            "result=\"nack\""
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
     server.shutdown().await.expect("clean shutdown");
 }
 
