@@ -40,8 +40,9 @@ pub trait AdminView: Send + Sync + 'static {
     fn metrics_text(&self) -> String;
     /// The `/debug/proxies` body.
     fn proxies_json(&self) -> serde_json::Value;
-    /// The `/debug/config` body.
-    fn config_json(&self) -> serde_json::Value;
+    /// The `/debug/config` body for the query string (`node=<id>` or `group=<name>` pick a
+    /// node view; none: the default view). `Err` is a 404 with that message.
+    fn config_json(&self, query: Option<&str>) -> Result<serde_json::Value, String>;
     /// The `/debug/errors` body.
     fn errors_text(&self) -> String;
 }
@@ -104,10 +105,15 @@ pub async fn serve(
 
 /// Route one request.
 pub fn handle(view: &dyn AdminView, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    route(view, req.method(), req.uri().path())
+    route(view, req.method(), req.uri().path(), req.uri().query())
 }
 
-fn route(view: &dyn AdminView, method: &Method, path: &str) -> Response<Full<Bytes>> {
+fn route(
+    view: &dyn AdminView,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
         let mut resp = text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -133,7 +139,10 @@ fn route(view: &dyn AdminView, method: &Method, path: &str) -> Response<Full<Byt
             view.metrics_text(),
         ),
         "/debug/proxies" => json(&view.proxies_json()),
-        "/debug/config" => json(&view.config_json()),
+        "/debug/config" => match view.config_json(query) {
+            Ok(value) => json(&value),
+            Err(why) => text(StatusCode::NOT_FOUND, format!("{why}\n")),
+        },
         "/debug/errors" => text(StatusCode::OK, view.errors_text()),
         other => text(
             StatusCode::NOT_FOUND,
@@ -195,8 +204,11 @@ mod tests {
         fn proxies_json(&self) -> serde_json::Value {
             serde_json::json!({"proxies": []})
         }
-        fn config_json(&self) -> serde_json::Value {
-            serde_json::json!({"version": "v1"})
+        fn config_json(&self, query: Option<&str>) -> Result<serde_json::Value, String> {
+            match query {
+                None => Ok(serde_json::json!({"version": "v1"})),
+                Some(q) => Err(format!("no proxy {q}")),
+            }
         }
         fn errors_text(&self) -> String {
             "no config errors\n".to_string()
@@ -204,7 +216,11 @@ mod tests {
     }
 
     async fn get(view: &dyn AdminView, method: Method, path: &str) -> (StatusCode, String, String) {
-        let resp = route(view, &method, path);
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        let resp = route(view, &method, path, query);
         let status = resp.status();
         let ct = resp
             .headers()
@@ -242,6 +258,11 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&body).expect("json")["version"],
             "v1"
+        );
+        let (status, _, body) = get(&view, Method::GET, "/debug/config?node=x").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::NOT_FOUND, "no proxy node=x\n")
         );
         let (status, _, body) = get(&view, Method::GET, "/nope").await;
         assert_eq!(status, StatusCode::NOT_FOUND);

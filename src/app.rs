@@ -1132,6 +1132,77 @@ impl App {
 
 // ===== admin pages =====
 
+impl App {
+    /// The group (and its view) a `/debug/config` query asks for: `node=<id>` or
+    /// `group=<name>`; `None` for no query (the default view).
+    fn selected_group(&self, query: Option<&str>) -> Result<Option<(String, NodeView)>, String> {
+        let Some(query) = query.filter(|q| !q.is_empty()) else {
+            return Ok(None);
+        };
+        let mut group = None;
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value);
+            match key {
+                "node" => {
+                    let streams = self.registry.node(&value);
+                    let Some(stream) = streams.first() else {
+                        return Err(format!(
+                            "no connected proxy with node id {value:?}; see /debug/proxies"
+                        ));
+                    };
+                    group = Some(stream.group.clone());
+                }
+                "group" => group = Some(value),
+                other => {
+                    return Err(format!(
+                        "unknown parameter {other:?}; use ?node=<node id> or ?group=<group>"
+                    ))
+                }
+            }
+        }
+        let Some(name) = group else {
+            return Ok(None);
+        };
+        let groups = self.lock_groups();
+        match groups.get(&name) {
+            Some(g) => Ok(Some((name, g.view.clone()))),
+            None => Err(format!(
+                "no node view {name:?}; known: {}",
+                groups.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+}
+
+/// Decode `%XX` escapes and `+` in a query value (invalid escapes are kept as they are).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl AdminView for App {
     fn readiness(&self) -> Result<(), String> {
         let state = self.state.load();
@@ -1188,8 +1259,9 @@ impl AdminView for App {
         json!({ "proxies": list })
     }
 
-    fn config_json(&self) -> serde_json::Value {
+    fn config_json(&self, query: Option<&str>) -> Result<serde_json::Value, String> {
         let state = self.state.load();
+        let selected = self.selected_group(query)?;
         let groups: serde_json::Map<String, serde_json::Value> = self
             .lock_groups()
             .iter()
@@ -1217,24 +1289,35 @@ impl AdminView for App {
             }
             v
         });
-        match &state.served {
-            Some(s) => json!({
-                "status": if rejected.is_some() { "serving the last good config; the latest reading was rejected" } else { "serving the latest config" },
-                "generation": s.generation,
-                "version": s.version,
-                "applied_at_unix_ms": s.applied_unix_ms,
-                "resources": print::resources_to_json(&s.translation.resources),
-                "diagnostics": print::diagnostics_to_json(&s.translation.diagnostics),
-                "rejected": rejected,
-                "groups": groups,
-            }),
+        Ok(match &state.served {
+            Some(s) => {
+                // The default view is kept; another view is translated on demand.
+                let other = selected
+                    .as_ref()
+                    .filter(|(name, _)| name != DEFAULT_GROUP)
+                    .map(|(_, view)| {
+                        shadowplane_translator::translate(&s.parsed, &view.options(&self.options))
+                    });
+                let translation = other.as_ref().unwrap_or(&s.translation);
+                json!({
+                    "status": if rejected.is_some() { "serving the last good config; the latest reading was rejected" } else { "serving the latest config" },
+                    "generation": s.generation,
+                    "version": s.version,
+                    "applied_at_unix_ms": s.applied_unix_ms,
+                    "group": selected.as_ref().map(|(name, _)| name.as_str()).unwrap_or(DEFAULT_GROUP),
+                    "resources": print::resources_to_json(&translation.resources),
+                    "diagnostics": print::diagnostics_to_json(&translation.diagnostics),
+                    "rejected": rejected,
+                    "groups": groups,
+                })
+            }
             None => json!({
                 "status": "no good config yet",
                 "resources": null,
                 "rejected": rejected,
                 "groups": groups,
             }),
-        }
+        })
     }
 
     fn errors_text(&self) -> String {
@@ -1369,6 +1452,16 @@ mod tests {
             .group(),
             "default"
         );
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            percent_decode("sidecar~10.0.0.1~a.b%7Cc"),
+            "sidecar~10.0.0.1~a.b|c"
+        );
+        assert_eq!(percent_decode("a+b%2"), "a b%2");
+        assert_eq!(percent_decode("%zz"), "%zz");
     }
 
     #[test]

@@ -672,6 +672,18 @@ async fn node_metadata_selects_bind_address_and_namespace_views() {
         config["groups"]["namespace=demo,bind=127.0.0.1"].is_object(),
         "{body}"
     );
+    // ... and /debug/config?node= shows what that proxy gets.
+    let (status, body) = get(server.admin_addr(), "/debug/config?node=laptop").await;
+    assert_eq!(status, 200, "{body}");
+    let config: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(config["group"], "namespace=demo,bind=127.0.0.1");
+    assert_eq!(
+        config["resources"]["listeners"][0]["name"],
+        "127.0.0.1_8080"
+    );
+    let (status, body) = get(server.admin_addr(), "/debug/config?node=nobody").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("\"nobody\""), "{body}");
     server.shutdown().await.expect("clean shutdown");
 }
 
@@ -1022,4 +1034,41 @@ fn envoy_over_ads_sotw_follows_serve_without_dropping_traffic() {
 #[test]
 fn envoy_over_ads_delta_follows_serve_without_dropping_traffic() {
     envoy_follows_serve("DELTA_GRPC");
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_and_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), &["v1"]);
+    let server = start_server(dir.path()).await;
+    let mut ads = Ads::connect(server.xds_addr(), "leaving", &[]).await;
+    ads.subscribe(CLUSTER, &[]).await;
+    let resp = ads.expect(CLUSTER).await;
+    ads.ack(&resp, &[]).await;
+    let admin = server.admin_addr();
+
+    tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+        .await
+        .expect("shutdown within 5s")
+        .expect("clean shutdown");
+    // The proxy's stream is over (it would reconnect elsewhere), and nothing listens any more.
+    let end = tokio::time::timeout(Duration::from_secs(2), ads.rx.next())
+        .await
+        .expect("stream ends within 2s");
+    assert!(!matches!(end, Some(Ok(_))), "stream still open: {end:?}");
+    assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+}
+
+#[tokio::test]
+async fn run_returns_when_its_shutdown_future_completes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), &["v1"]);
+    let mut cfg = ServeConfig::new(vec![dir.path().to_path_buf()]);
+    cfg.xds_listen = "127.0.0.1:0".parse().expect("addr");
+    cfg.admin_listen = "127.0.0.1:0".parse().expect("addr");
+    let shutdown = tokio::time::sleep(Duration::from_millis(200));
+    tokio::time::timeout(Duration::from_secs(5), shadowplane::app::run(cfg, shutdown))
+        .await
+        .expect("run returns within 5s")
+        .expect("run ends cleanly");
 }
