@@ -310,8 +310,10 @@ fn nearest_existing_ancestor(path: &Path) -> Option<PathBuf> {
     None
 }
 
-/// Does this event concern one of the config paths (something inside it, the path itself, or
-/// a folder on the way to it)? Reads (`Access`) and metadata-only changes are not changes.
+/// Does this event concern one of the config paths: something inside it, the path itself, a
+/// folder on the way to it, or an entry next to it (Kubernetes ConfigMap volumes update a
+/// mounted file by swapping a `..data` symlink beside it)? Reads (`Access`) and
+/// metadata-only changes are not changes.
 fn is_relevant(event: &Event, roots: &[PathBuf]) -> bool {
     use notify::event::ModifyKind;
     match event.kind {
@@ -325,7 +327,7 @@ fn is_relevant(event: &Event, roots: &[PathBuf]) -> bool {
     event.paths.iter().any(|p| {
         roots
             .iter()
-            .any(|root| p.starts_with(root) || root.starts_with(p))
+            .any(|root| p.starts_with(root) || root.starts_with(p) || p.parent() == root.parent())
     })
 }
 
@@ -362,12 +364,14 @@ mod tests {
     }
 
     #[test]
-    fn events_beside_the_config_are_not_relevant_but_its_ancestors_are() {
+    fn events_elsewhere_are_not_relevant_but_ancestors_and_siblings_are() {
         let roots = vec![PathBuf::from("/etc/mesh/vs.yaml")];
         let create = EventKind::Create(CreateKind::Any);
-        assert!(!is_relevant(&event(create, "/etc/mesh/other.conf"), &roots));
+        assert!(!is_relevant(&event(create, "/etc/other/vs.yaml"), &roots));
+        assert!(!is_relevant(&event(create, "/etc/mesh/sub/x.yaml"), &roots));
         assert!(is_relevant(&event(create, "/etc/mesh/vs.yaml"), &roots));
         assert!(is_relevant(&event(create, "/etc/mesh"), &roots));
+        assert!(is_relevant(&event(create, "/etc/mesh/..data"), &roots));
     }
 
     #[test]
@@ -462,6 +466,31 @@ mod tests {
             let load = next_load(&mut rx, generation).await;
             assert_eq!(texts(&load), vec![text]);
         }
+    }
+
+    /// A Kubernetes ConfigMap volume: `vs.yaml -> ..data/vs.yaml`, `..data -> ..<timestamp>`;
+    /// an update writes a new timestamped folder and renames a new `..data` symlink over the old.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_configmap_style_symlink_swap_is_read_again() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mount = dir.path();
+        std::fs::create_dir(mount.join("..2026_01")).expect("mkdir");
+        std::fs::write(mount.join("..2026_01/vs.yaml"), "first").expect("write");
+        symlink("..2026_01", mount.join("..data")).expect("symlink");
+        symlink("..data/vs.yaml", mount.join("vs.yaml")).expect("symlink");
+        let file = mount.join("vs.yaml");
+        let source = FileSource::start(vec![file], fast()).expect("start");
+        let mut rx = source.subscribe();
+        assert_eq!(texts(&rx.borrow_and_update()), vec!["first"]);
+
+        std::fs::create_dir(mount.join("..2026_02")).expect("mkdir");
+        std::fs::write(mount.join("..2026_02/vs.yaml"), "second").expect("write");
+        symlink("..2026_02", mount.join("..data_tmp")).expect("symlink");
+        std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).expect("rename");
+        let load = next_load(&mut rx, 1).await;
+        assert_eq!(texts(&load), vec!["second"]);
     }
 
     #[tokio::test]
