@@ -1,8 +1,8 @@
 //! shadowplane: library half of the binary crate (CLI, xDS server, config sources).
 
-pub mod config_files;
-pub mod config_source;
-pub mod xds;
 pub mod admin;
 pub mod app;
+pub mod config_files;
+pub mod config_source;
 pub mod metrics;
+pub mod xds;
