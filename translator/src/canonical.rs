@@ -127,6 +127,8 @@ fn split(buf: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
 }
 
 #[cfg(test)]
+// The point of these tests is HashMap's random order.
+#[allow(clippy::disallowed_types)]
 mod tests {
     use std::collections::HashMap;
 

@@ -9,6 +9,9 @@
 //! `UPDATE_GOLDEN=1 cargo test -p shadowplane-translator --test golden` rewrites the expected
 //! files (and deletes those no longer produced). Read the diff before committing it.
 
+// A benchmark/test harness reads fixtures and the clock; the purity rule is for the library.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -48,6 +48,8 @@ pub fn build_virtual_host(vh: &ir::VirtualHost) -> route_v3::VirtualHost {
 }
 
 pub fn build_route(r: &ir::Route) -> route_v3::Route {
+    // envoy-types' field type; its random encoding order is fixed by `canonical::encode`.
+    #[allow(clippy::disallowed_types)]
     let mut typed_per_filter_config = std::collections::HashMap::new();
     if let Some(fault) = r.fault.as_ref().and_then(build_http_fault) {
         typed_per_filter_config.insert(FAULT_FILTER.to_string(), pack_any(fault));
