@@ -4,5 +4,6 @@ pub mod admin;
 pub mod app;
 pub mod config_files;
 pub mod config_source;
+pub mod forwarder;
 pub mod metrics;
 pub mod xds;
