@@ -45,6 +45,33 @@ pub struct Options {
     pub proxy_namespace: Option<String>,
     /// Kubernetes cluster DNS suffix used to expand short names.
     pub domain_suffix: String,
+    /// How listeners and clusters tell Envoy to fetch their route configurations (RDS) and
+    /// endpoints (EDS): over ADS like istiod (default), or from the same server on the
+    /// proxy's per-type streams.
+    pub config_source: ConfigSourceKind,
+}
+
+/// The `ConfigSource` of the RDS and EDS references in the emitted listeners and clusters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ConfigSourceKind {
+    /// `{ads: {}}`, as istiod emits: the proxy fetches routes and endpoints over its aggregated
+    /// (ADS) stream. Needs a bootstrap with `ads_config`.
+    #[default]
+    Ads,
+    /// `{self: {}}`: the proxy fetches them "from the same server it got the ConfigSource
+    /// from" (Envoy's `SelfConfigSource`), i.e. on per-type RDS/EDS streams to the server of
+    /// its LDS/CDS `api_config_source`. For bootstraps without ADS.
+    SelfSource,
+}
+
+impl ConfigSourceKind {
+    /// `ads` or `self`, as in the Envoy field name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigSourceKind::Ads => "ads",
+            ConfigSourceKind::SelfSource => "self",
+        }
+    }
 }
 
 impl Default for Options {
@@ -54,6 +81,7 @@ impl Default for Options {
             disable_shadow_host_suffix: false,
             proxy_namespace: None,
             domain_suffix: "cluster.local".to_string(),
+            config_source: ConfigSourceKind::Ads,
         }
     }
 }
@@ -93,7 +121,7 @@ pub fn translate_files(files: &[SourceFile], options: &Options) -> Translation {
 pub fn translate(parsed: &Parsed, options: &Options) -> Translation {
     let mut diagnostics = parsed.diagnostics.clone();
     let model = lower::lower(&parsed.resources, options, &mut diagnostics);
-    let resources = xds::build(&model);
+    let resources = xds::build_with_config_source(&model, options.config_source);
     diag::sort(&mut diagnostics);
     Translation {
         model,

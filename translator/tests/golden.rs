@@ -17,7 +17,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use shadowplane_translator::{print, translate_files, Options, Resources, SourceFile};
+use shadowplane_translator::{
+    print, translate_files, ConfigSourceKind, Options, Resources, SourceFile,
+};
 
 /// The expected-output files a case may hold, in the order they are compared.
 const OUTPUT_FILES: [&str; 5] = [
@@ -45,10 +47,12 @@ struct CaseOptions {
     disable_shadow_host_suffix: Option<bool>,
     proxy_namespace: Option<String>,
     domain_suffix: Option<String>,
+    /// `ads` or `self`.
+    config_source: Option<String>,
 }
 
 impl CaseOptions {
-    fn into_options(self) -> Options {
+    fn into_options(self) -> Result<Options, String> {
         let mut options = Options::default();
         if let Some(v) = self.bind_address {
             options.bind_address = v;
@@ -62,7 +66,16 @@ impl CaseOptions {
         if let Some(v) = self.domain_suffix {
             options.domain_suffix = v;
         }
-        options
+        match self.config_source.as_deref() {
+            None | Some("ads") => {}
+            Some("self") => options.config_source = ConfigSourceKind::SelfSource,
+            Some(other) => {
+                return Err(format!(
+                    "options.yaml: config_source {other:?} is not ads or self"
+                ))
+            }
+        }
+        Ok(options)
     }
 }
 
@@ -141,7 +154,7 @@ fn read_options(case: &Path) -> Result<Options, String> {
     let text = read(&path)?;
     let options: CaseOptions =
         serde_yaml::from_str(&text).map_err(|e| format!("options.yaml: {e}"))?;
-    Ok(options.into_options())
+    options.into_options()
 }
 
 /// A YAML list of the canonical proto JSON of `items`, or `None` when there are none.

@@ -13,15 +13,28 @@ use envoy_types::util::pack_any;
 use prost::Name;
 
 use super::endpoint::build_cluster_load_assignment;
-use super::{ads_config_source, duration, uint32};
-use crate::ir;
+use super::{config_source, duration, uint32};
+use crate::{ir, ConfigSourceKind};
 
 pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 
+/// A cluster; an EDS cluster takes its endpoints over ADS.
 pub fn build_cluster(c: &ir::Cluster) -> cluster_v3::Cluster {
+    build_cluster_with_config_source(c, ConfigSourceKind::Ads)
+}
+
+/// A cluster; an EDS cluster takes its endpoints from `kind`.
+pub fn build_cluster_with_config_source(
+    c: &ir::Cluster,
+    kind: ConfigSourceKind,
+) -> cluster_v3::Cluster {
     use cluster_v3::cluster::DiscoveryType;
     let (discovery, eds_cluster_config, load_assignment) = match c.discovery {
-        ir::Discovery::Eds => (DiscoveryType::Eds, Some(build_eds_cluster_config(c)), None),
+        ir::Discovery::Eds => (
+            DiscoveryType::Eds,
+            Some(build_eds_cluster_config(c, kind)),
+            None,
+        ),
         ir::Discovery::StrictDns => (
             DiscoveryType::StrictDns,
             None,
@@ -73,9 +86,13 @@ pub fn build_cluster(c: &ir::Cluster) -> cluster_v3::Cluster {
     }
 }
 
-/// `{service_name: <cluster>, eds_config: {ads: {}, initial_fetch_timeout: 0s, V3}}`.
-fn build_eds_cluster_config(c: &ir::Cluster) -> cluster_v3::cluster::EdsClusterConfig {
-    let mut eds_config = ads_config_source();
+/// `{service_name: <cluster>, eds_config: {ads: {}, initial_fetch_timeout: 0s, V3}}` (or
+/// `self: {}` in place of `ads: {}`).
+fn build_eds_cluster_config(
+    c: &ir::Cluster,
+    kind: ConfigSourceKind,
+) -> cluster_v3::cluster::EdsClusterConfig {
+    let mut eds_config = config_source(kind);
     eds_config.initial_fetch_timeout = Some(duration(std::time::Duration::ZERO));
     cluster_v3::cluster::EdsClusterConfig {
         service_name: c.name.clone(),
@@ -342,6 +359,31 @@ mod tests {
         );
         upstream_http_v3::HttpProtocolOptions::decode(any.value.as_slice())
             .expect("decodes as HttpProtocolOptions")
+    }
+
+    #[test]
+    fn eds_cluster_with_self_config_source() {
+        let c = build_cluster_with_config_source(
+            &cluster(ir::Discovery::Eds),
+            ConfigSourceKind::SelfSource,
+        );
+        let cs = c
+            .eds_cluster_config
+            .and_then(|e| e.eds_config)
+            .expect("eds_config set");
+        assert_eq!(
+            cs.config_source_specifier,
+            Some(core_v3::config_source::ConfigSourceSpecifier::Self_(
+                core_v3::SelfConfigSource {
+                    transport_api_version: core_v3::ApiVersion::V3 as i32
+                }
+            ))
+        );
+        assert_eq!(cs.resource_api_version, core_v3::ApiVersion::V3 as i32);
+        assert_eq!(
+            cs.initial_fetch_timeout,
+            Some(duration(std::time::Duration::ZERO))
+        );
     }
 
     #[test]

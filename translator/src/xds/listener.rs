@@ -8,8 +8,8 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router_v3;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_v3;
 use envoy_types::util::pack_any;
 
-use super::{ads_config_source, boolean, route::build_route_configuration, socket_address};
-use crate::ir;
+use super::{boolean, config_source, route::build_route_configuration, socket_address};
+use crate::{ir, ConfigSourceKind};
 
 pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
@@ -18,8 +18,16 @@ pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
 
 /// A listener whose HTTP connection manager takes its routes over RDS (ADS).
 pub fn build_listener(listener: &ir::Listener) -> listener_v3::Listener {
+    build_listener_with_config_source(listener, ConfigSourceKind::Ads)
+}
+
+/// A listener whose HTTP connection manager takes its routes over RDS from `kind`.
+pub fn build_listener_with_config_source(
+    listener: &ir::Listener,
+    kind: ConfigSourceKind,
+) -> listener_v3::Listener {
     let rds = hcm_v3::Rds {
-        config_source: Some(ads_config_source()),
+        config_source: Some(config_source(kind)),
         route_config_name: listener.route_config_name.clone(),
     };
     listener_with(
@@ -172,6 +180,29 @@ mod tests {
             cs.config_source_specifier,
             Some(core_v3::config_source::ConfigSourceSpecifier::Ads(
                 core_v3::AggregatedConfigSource {}
+            ))
+        );
+        assert_eq!(cs.resource_api_version, core_v3::ApiVersion::V3 as i32);
+    }
+
+    #[test]
+    fn listener_with_self_config_source_takes_rds_from_the_same_server() {
+        let l = build_listener_with_config_source(
+            &listener(false, false),
+            ConfigSourceKind::SelfSource,
+        );
+        let (_, hcm) = hcm_of(&l);
+        let Some(hcm_v3::http_connection_manager::RouteSpecifier::Rds(rds)) = hcm.route_specifier
+        else {
+            panic!("HCM does not use RDS");
+        };
+        let cs = rds.config_source.expect("RDS has a config source");
+        assert_eq!(
+            cs.config_source_specifier,
+            Some(core_v3::config_source::ConfigSourceSpecifier::Self_(
+                core_v3::SelfConfigSource {
+                    transport_api_version: core_v3::ApiVersion::V3 as i32
+                }
             ))
         );
         assert_eq!(cs.resource_api_version, core_v3::ApiVersion::V3 as i32);

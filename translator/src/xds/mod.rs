@@ -14,9 +14,11 @@ pub mod listener;
 pub mod route;
 
 pub use bootstrap::{ads_bootstrap, static_bootstrap, AdsBootstrapOptions, BootstrapOptions};
-pub use cluster::build_cluster;
+pub use cluster::{build_cluster, build_cluster_with_config_source};
 pub use endpoint::build_cluster_load_assignment;
-pub use listener::{build_listener, build_listener_with_inline_routes};
+pub use listener::{
+    build_listener, build_listener_with_config_source, build_listener_with_inline_routes,
+};
 pub use route::{
     build_request_mirror_policies, build_retry_policy, build_route, build_route_action,
     build_route_configuration, build_virtual_host,
@@ -30,18 +32,33 @@ use envoy_types::pb::google::protobuf::{
 };
 
 use crate::ir::{self, Discovery, Model};
-use crate::Resources;
+use crate::{ConfigSourceKind, Resources};
 
 /// Build the Envoy resources of a model: listeners, route configurations and clusters in model
 /// order (already sorted by name), and one ClusterLoadAssignment per EDS cluster, sorted by name.
+/// Listeners and clusters reference their routes and endpoints over ADS.
 pub fn build(model: &Model) -> Resources {
-    let listeners = model.listeners.iter().map(build_listener).collect();
+    build_with_config_source(model, ConfigSourceKind::Ads)
+}
+
+/// [`build`], with listeners and clusters referencing their routes (RDS) and endpoints (EDS)
+/// through `config_source`.
+pub fn build_with_config_source(model: &Model, config_source: ConfigSourceKind) -> Resources {
+    let listeners = model
+        .listeners
+        .iter()
+        .map(|l| build_listener_with_config_source(l, config_source))
+        .collect();
     let routes = model
         .route_configs
         .iter()
         .map(build_route_configuration)
         .collect();
-    let clusters = model.clusters.iter().map(build_cluster).collect();
+    let clusters = model
+        .clusters
+        .iter()
+        .map(|c| build_cluster_with_config_source(c, config_source))
+        .collect();
     let mut endpoints: Vec<_> = model
         .clusters
         .iter()
@@ -128,6 +145,28 @@ pub(crate) fn ads_config_source() -> core_v3::ConfigSource {
         )),
         resource_api_version: core_v3::ApiVersion::V3 as i32,
         ..Default::default()
+    }
+}
+
+/// `{self: {transport_api_version: V3}, resource_api_version: V3}`: fetch from the server
+/// that sent the resource holding this config source.
+pub(crate) fn self_config_source() -> core_v3::ConfigSource {
+    core_v3::ConfigSource {
+        config_source_specifier: Some(core_v3::config_source::ConfigSourceSpecifier::Self_(
+            core_v3::SelfConfigSource {
+                transport_api_version: core_v3::ApiVersion::V3 as i32,
+            },
+        )),
+        resource_api_version: core_v3::ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+/// The config source of an RDS or EDS reference.
+pub(crate) fn config_source(kind: ConfigSourceKind) -> core_v3::ConfigSource {
+    match kind {
+        ConfigSourceKind::Ads => ads_config_source(),
+        ConfigSourceKind::SelfSource => self_config_source(),
     }
 }
 
