@@ -49,7 +49,7 @@ pub struct Table {
     pub listeners: BTreeMap<ListenerKey, Arc<Listener>>,
     /// Route configurations by name (RDS names: `"<port>"`). A name a listener references but
     /// that is missing here is "not ready": the listener answers 404 NR (see
-    /// [`crate::forwarder::matcher::MatchOutcome::RouteConfigNotReady`]).
+    /// [`crate::forwarder::matcher::NoMatch::RouteConfigNotReady`]).
     #[serde(serialize_with = "ser::sorted_arc_map")]
     pub route_configs: HashMap<String, Arc<RouteConfig>>,
     /// Clusters by name (`outbound|80|v1|host`). A route to a name missing here → 503 NC.
@@ -479,6 +479,12 @@ impl RetryOn {
     /// gRPC-only: `unavailable` (14).
     pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 11);
 
+    /// `reset-before-request`: the upstream reset/refused the connection before the request
+    /// headers were sent (safe to retry any method).
+    pub const RESET_BEFORE_REQUEST: RetryOn = RetryOn(1 << 12);
+    /// `envoy-ratelimited`: the response carries `x-envoy-ratelimited`.
+    pub const ENVOY_RATELIMITED: RetryOn = RetryOn(1 << 13);
+
     /// Every token the compiler accepts, with its bit.
     pub const TOKENS: &'static [(&'static str, RetryOn)] = &[
         ("5xx", RetryOn::FIVE_XX),
@@ -486,6 +492,8 @@ impl RetryOn {
         ("connect-failure", RetryOn::CONNECT_FAILURE),
         ("refused-stream", RetryOn::REFUSED_STREAM),
         ("reset", RetryOn::RESET),
+        ("reset-before-request", RetryOn::RESET_BEFORE_REQUEST),
+        ("envoy-ratelimited", RetryOn::ENVOY_RATELIMITED),
         ("retriable-status-codes", RetryOn::RETRIABLE_STATUS_CODES),
         ("retriable-4xx", RetryOn::RETRIABLE_4XX),
         ("cancelled", RetryOn::GRPC_CANCELLED),
