@@ -38,6 +38,25 @@ pub struct Matched<'t> {
     pub route: &'t Route,
 }
 
+impl<'t> Matched<'t> {
+    /// The route's fault config, if the listener has the fault filter (Envoy ignores
+    /// per-route config of a filter that is not in the chain).
+    pub fn fault(&self) -> Option<&'t super::table::Fault> {
+        self.route
+            .fault
+            .as_ref()
+            .filter(|_| self.listener.fault_filter)
+    }
+
+    /// The route's CORS policy, if the listener has the cors filter.
+    pub fn cors(&self) -> Option<&'t super::table::Cors> {
+        self.route
+            .cors
+            .as_ref()
+            .filter(|_| self.listener.cors_filter)
+    }
+}
+
 /// Why no route matched. Envoy answers all of these with a local 404 (response flag `NR`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoMatch {

@@ -118,7 +118,9 @@ pub struct Listener {
     /// RDS name (`"8080"`), looked up in [`Table::route_configs`].
     pub route_config_name: String,
     /// The HCM has `envoy.filters.http.fault`: routes' [`Route::fault`] applies. Without the
-    /// filter, Envoy ignores per-route fault config and so does the compiler (it drops it).
+    /// filter, Envoy ignores per-route fault config; a route configuration may be shared by
+    /// several listeners, so the route keeps it and the data plane checks this flag (or uses
+    /// [`crate::forwarder::matcher::Matched::fault`]).
     pub fault_filter: bool,
     /// The HCM has `envoy.filters.http.cors`: routes' [`Route::cors`] applies (same rule).
     pub cors_filter: bool,
@@ -191,10 +193,11 @@ pub struct Route {
     /// Response header mutations, same order, applied to the response sent downstream
     /// (including local replies of redirects and direct responses, like Envoy).
     pub response_headers: HeaderMutations,
-    /// Fault injection (only when the listener has the fault filter, see
-    /// [`Listener::fault_filter`]; the compiler drops it otherwise).
+    /// Fault injection; applies only when the listener has the fault filter
+    /// ([`Listener::fault_filter`], [`crate::forwarder::matcher::Matched::fault`]).
     pub fault: Option<Fault>,
-    /// CORS (only when the listener has the cors filter).
+    /// CORS; applies only when the listener has the cors filter
+    /// ([`crate::forwarder::matcher::Matched::cors`]).
     pub cors: Option<Cors>,
 }
 
