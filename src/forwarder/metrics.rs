@@ -355,7 +355,7 @@ impl Stats {
         let pairs = self.all_pairs();
         let mut out = String::with_capacity(4096 + clusters.len() * 4096);
 
-        let cluster_counters: [(&str, fn(&ClusterStats) -> &AtomicU64); 10] = [
+        let cluster_counters: [Field<ClusterStats, AtomicU64>; 10] = [
             ("envoy_cluster_upstream_rq_total", |c| &c.upstream_rq_total),
             ("envoy_cluster_upstream_rq_completed", |c| {
                 &c.upstream_rq_completed
@@ -392,7 +392,7 @@ impl Stats {
                 );
             }
         }
-        let cluster_gauges: [(&str, fn(&ClusterStats) -> &Gauge); 2] = [
+        let cluster_gauges: [Field<ClusterStats, Gauge>; 2] = [
             ("envoy_cluster_upstream_cx_active", |c| {
                 &c.upstream_cx_active
             }),
@@ -479,7 +479,7 @@ impl Stats {
             );
         }
 
-        let mirror_counters: [(&str, fn(&MirrorClusterStats) -> &AtomicU64); 6] = [
+        let mirror_counters: [Field<MirrorClusterStats, AtomicU64>; 6] = [
             ("shadowplane_mirror_sent_total", |m| &m.sent),
             ("shadowplane_mirror_skipped_fraction_total", |m| {
                 &m.skipped_fraction
@@ -508,7 +508,7 @@ impl Stats {
                 );
             }
         }
-        let pair_counters: [(&str, fn(&PairStats) -> &AtomicU64); 4] = [
+        let pair_counters: [Field<PairStats, AtomicU64>; 4] = [
             ("shadowplane_mirror_pairs_total", |p| &p.pairs),
             ("shadowplane_mirror_status_mismatch_total", |p| {
                 &p.status_mismatch
@@ -562,6 +562,9 @@ impl Stats {
         out
     }
 }
+
+/// A metric name and how to read it from a stats struct.
+type Field<T, V> = (&'static str, fn(&T) -> &V);
 
 fn type_line(out: &mut String, name: &str, kind: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
