@@ -537,8 +537,8 @@ pub fn domain_index(vhosts: &[VirtualHost]) -> DomainIndex {
         }
     }
     // Longest first; stable sort keeps config order among equal lengths.
-    index.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-    index.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    index.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+    index.prefixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
     index
 }
 
@@ -2117,7 +2117,7 @@ fn _assert_table_is_send_sync() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shadowplane_translator::{translate_files, ConfigSourceKind, Options, SourceFile};
+    use shadowplane_translator::{translate_files, Options, SourceFile};
     use std::path::{Path, PathBuf};
 
     fn cases_dir() -> PathBuf {
@@ -2146,11 +2146,9 @@ mod tests {
 
     fn translate_case(name: &str) -> XdsResources {
         let case = cases_dir().join(name);
-        let mut options = Options::default();
-        let opts = std::fs::read_to_string(case.join("options.yaml")).unwrap_or_default();
-        if opts.contains("config_source: self") {
-            options.config_source = ConfigSourceKind::SelfSource;
-        }
+        // Cases' options.yaml are the golden test's business; the config source is ads here
+        // (what serve gives the forwarder), `self` is covered by its own test.
+        let options = Options::default();
         let t = translate_files(&read_inputs(&case), &options);
         XdsResources::from_translator(&t.resources, "v1")
     }
@@ -2397,6 +2395,61 @@ mod tests {
         assert_eq!(
             only_error(&res).field,
             "filter_chains[0].filters[0].typed_config.xff_num_trusted_hops"
+        );
+    }
+
+    #[test]
+    fn self_config_source_is_accepted_and_api_config_source_rejected() {
+        use core_v3::config_source::ConfigSourceSpecifier as S;
+        let with = |spec: S| {
+            let mut res = seed();
+            for c in res.clusters.values_mut() {
+                if let Some(eds) = c.eds_cluster_config.as_mut() {
+                    eds.eds_config
+                        .as_mut()
+                        .expect("eds_config")
+                        .config_source_specifier = Some(spec.clone());
+                }
+            }
+            let l = res.listeners.get_mut("0.0.0.0_8080").expect("listener");
+            let Some(listener_v3::filter::ConfigType::TypedConfig(any)) =
+                &mut l.filter_chains[0].filters[0].config_type
+            else {
+                panic!("hcm")
+            };
+            let mut hcm = hcm_v3::HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+            if let Some(hcm_v3::http_connection_manager::RouteSpecifier::Rds(rds)) =
+                hcm.route_specifier.as_mut()
+            {
+                rds.config_source
+                    .as_mut()
+                    .expect("config source")
+                    .config_source_specifier = Some(spec.clone());
+            }
+            any.value = hcm.encode_to_vec();
+            res
+        };
+        let self_source = S::Self_(core_v3::SelfConfigSource {
+            transport_api_version: core_v3::ApiVersion::V3 as i32,
+        });
+        compile(&with(self_source)).expect("self config source is the same server");
+        let api = S::ApiConfigSource(core_v3::ApiConfigSource {
+            api_type: core_v3::api_config_source::ApiType::Grpc as i32,
+            ..Default::default()
+        });
+        let errors = compile(&with(api)).expect_err("a separate rds/eds server is not supported");
+        assert!(
+            errors.iter().any(|e| e.field
+                == "filter_chains[0].filters[0].typed_config.rds.config_source.api_config_source"),
+            "{}",
+            error_detail(&errors)
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == "eds_cluster_config.eds_config.api_config_source"),
+            "{}",
+            error_detail(&errors)
         );
     }
 
