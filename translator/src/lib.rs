@@ -46,30 +46,50 @@ pub struct Options {
     /// Kubernetes cluster DNS suffix used to expand short names.
     pub domain_suffix: String,
     /// How listeners and clusters tell Envoy to fetch their route configurations (RDS) and
-    /// endpoints (EDS): over ADS like istiod (default), or from the same server on the
-    /// proxy's per-type streams.
+    /// endpoints (EDS): over ADS like istiod (default), or on per-type gRPC streams to a
+    /// cluster of the proxy's bootstrap.
     pub config_source: ConfigSourceKind,
 }
 
 /// The `ConfigSource` of the RDS and EDS references in the emitted listeners and clusters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ConfigSourceKind {
     /// `{ads: {}}`, as istiod emits: the proxy fetches routes and endpoints over its aggregated
     /// (ADS) stream. Needs a bootstrap with `ads_config`.
     #[default]
     Ads,
-    /// `{self: {}}`: the proxy fetches them "from the same server it got the ConfigSource
-    /// from" (Envoy's `SelfConfigSource`), i.e. on per-type RDS/EDS streams to the server of
-    /// its LDS/CDS `api_config_source`. For bootstraps without ADS.
+    /// `{api_config_source: {api_type: GRPC (or DELTA_GRPC), grpc_services: [{envoy_grpc:
+    /// {cluster_name}}]}}`: the proxy opens one RDS and EDS stream of their own to the static
+    /// cluster `cluster_name` of its bootstrap, the way a bootstrap without ADS gets LDS and
+    /// CDS. (Envoy 1.40 does not implement `{self: {}}`, which would say "the same server"
+    /// without naming the cluster: it rejects it with "Missing config source specifier".)
+    Grpc {
+        /// The bootstrap's static cluster of the xDS server (`xds_cluster` in Envoy's examples).
+        cluster_name: String,
+        /// `DELTA_GRPC` instead of `GRPC`.
+        delta: bool,
+    },
+    /// `{self: {transport_api_version: V3}}`, xDS's "from the same server it got the
+    /// ConfigSource from". Valid xDS, but Envoy 1.40 rejects it for RDS and EDS ("Missing
+    /// config source specifier"), so `serve` never picks it for a proxy; it is here for xDS
+    /// clients that implement it.
     SelfSource,
 }
 
-impl ConfigSourceKind {
-    /// `ads` or `self`, as in the Envoy field name.
-    pub fn as_str(self) -> &'static str {
+impl std::fmt::Display for ConfigSourceKind {
+    /// `ads`, `grpc:<cluster>` or `delta_grpc:<cluster>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConfigSourceKind::Ads => "ads",
-            ConfigSourceKind::SelfSource => "self",
+            ConfigSourceKind::Ads => f.write_str("ads"),
+            ConfigSourceKind::Grpc {
+                cluster_name,
+                delta: false,
+            } => write!(f, "grpc:{cluster_name}"),
+            ConfigSourceKind::Grpc {
+                cluster_name,
+                delta: true,
+            } => write!(f, "delta_grpc:{cluster_name}"),
+            ConfigSourceKind::SelfSource => f.write_str("self"),
         }
     }
 }
@@ -121,7 +141,7 @@ pub fn translate_files(files: &[SourceFile], options: &Options) -> Translation {
 pub fn translate(parsed: &Parsed, options: &Options) -> Translation {
     let mut diagnostics = parsed.diagnostics.clone();
     let model = lower::lower(&parsed.resources, options, &mut diagnostics);
-    let resources = xds::build_with_config_source(&model, options.config_source);
+    let resources = xds::build_with_config_source(&model, &options.config_source);
     diag::sort(&mut diagnostics);
     Translation {
         model,

@@ -47,8 +47,10 @@ struct CaseOptions {
     disable_shadow_host_suffix: Option<bool>,
     proxy_namespace: Option<String>,
     domain_suffix: Option<String>,
-    /// `ads` or `self`.
+    /// `ads`, `grpc`, `delta_grpc` or `self`.
     config_source: Option<String>,
+    /// The bootstrap cluster a `grpc`/`delta_grpc` config source names (`xds_cluster`).
+    xds_cluster: Option<String>,
 }
 
 impl CaseOptions {
@@ -66,12 +68,21 @@ impl CaseOptions {
         if let Some(v) = self.domain_suffix {
             options.domain_suffix = v;
         }
+        let cluster_name = self
+            .xds_cluster
+            .unwrap_or_else(|| "xds_cluster".to_string());
         match self.config_source.as_deref() {
             None | Some("ads") => {}
+            Some(api @ ("grpc" | "delta_grpc")) => {
+                options.config_source = ConfigSourceKind::Grpc {
+                    cluster_name,
+                    delta: api == "delta_grpc",
+                }
+            }
             Some("self") => options.config_source = ConfigSourceKind::SelfSource,
             Some(other) => {
                 return Err(format!(
-                    "options.yaml: config_source {other:?} is not ads or self"
+                    "options.yaml: config_source {other:?} is not ads, grpc, delta_grpc or self"
                 ))
             }
         }

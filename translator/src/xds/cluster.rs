@@ -20,13 +20,13 @@ pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 
 /// A cluster; an EDS cluster takes its endpoints over ADS.
 pub fn build_cluster(c: &ir::Cluster) -> cluster_v3::Cluster {
-    build_cluster_with_config_source(c, ConfigSourceKind::Ads)
+    build_cluster_with_config_source(c, &ConfigSourceKind::Ads)
 }
 
 /// A cluster; an EDS cluster takes its endpoints from `kind`.
 pub fn build_cluster_with_config_source(
     c: &ir::Cluster,
-    kind: ConfigSourceKind,
+    kind: &ConfigSourceKind,
 ) -> cluster_v3::Cluster {
     use cluster_v3::cluster::DiscoveryType;
     let (discovery, eds_cluster_config, load_assignment) = match c.discovery {
@@ -86,11 +86,11 @@ pub fn build_cluster_with_config_source(
     }
 }
 
-/// `{service_name: <cluster>, eds_config: {ads: {}, initial_fetch_timeout: 0s, V3}}` (or
-/// `self: {}` in place of `ads: {}`).
+/// `{service_name: <cluster>, eds_config: {ads: {}, initial_fetch_timeout: 0s, V3}}` (or an
+/// `api_config_source` in place of `ads: {}`).
 fn build_eds_cluster_config(
     c: &ir::Cluster,
-    kind: ConfigSourceKind,
+    kind: &ConfigSourceKind,
 ) -> cluster_v3::cluster::EdsClusterConfig {
     let mut eds_config = config_source(kind);
     eds_config.initial_fetch_timeout = Some(duration(std::time::Duration::ZERO));
@@ -362,23 +362,39 @@ mod tests {
     }
 
     #[test]
-    fn eds_cluster_with_self_config_source() {
+    fn eds_cluster_with_delta_grpc_config_source() {
         let c = build_cluster_with_config_source(
             &cluster(ir::Discovery::Eds),
-            ConfigSourceKind::SelfSource,
+            &ConfigSourceKind::Grpc {
+                cluster_name: "my_xds".into(),
+                delta: true,
+            },
         );
         let cs = c
             .eds_cluster_config
             .and_then(|e| e.eds_config)
             .expect("eds_config set");
+        let Some(core_v3::config_source::ConfigSourceSpecifier::ApiConfigSource(api)) =
+            cs.config_source_specifier
+        else {
+            panic!("eds_config is not an api_config_source: {cs:?}");
+        };
         assert_eq!(
-            cs.config_source_specifier,
-            Some(core_v3::config_source::ConfigSourceSpecifier::Self_(
-                core_v3::SelfConfigSource {
-                    transport_api_version: core_v3::ApiVersion::V3 as i32
-                }
-            ))
+            api.api_type,
+            core_v3::api_config_source::ApiType::DeltaGrpc as i32
         );
+        assert_eq!(api.transport_api_version, core_v3::ApiVersion::V3 as i32);
+        let names: Vec<_> = api
+            .grpc_services
+            .iter()
+            .map(|g| match &g.target_specifier {
+                Some(core_v3::grpc_service::TargetSpecifier::EnvoyGrpc(e)) => {
+                    e.cluster_name.as_str()
+                }
+                other => panic!("not an envoy_grpc service: {other:?}"),
+            })
+            .collect();
+        assert_eq!(names, ["my_xds"]);
         assert_eq!(cs.resource_api_version, core_v3::ApiVersion::V3 as i32);
         assert_eq!(
             cs.initial_fetch_timeout,

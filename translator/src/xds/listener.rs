@@ -18,13 +18,13 @@ pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
 
 /// A listener whose HTTP connection manager takes its routes over RDS (ADS).
 pub fn build_listener(listener: &ir::Listener) -> listener_v3::Listener {
-    build_listener_with_config_source(listener, ConfigSourceKind::Ads)
+    build_listener_with_config_source(listener, &ConfigSourceKind::Ads)
 }
 
 /// A listener whose HTTP connection manager takes its routes over RDS from `kind`.
 pub fn build_listener_with_config_source(
     listener: &ir::Listener,
-    kind: ConfigSourceKind,
+    kind: &ConfigSourceKind,
 ) -> listener_v3::Listener {
     let rds = hcm_v3::Rds {
         config_source: Some(config_source(kind)),
@@ -186,10 +186,13 @@ mod tests {
     }
 
     #[test]
-    fn listener_with_self_config_source_takes_rds_from_the_same_server() {
+    fn listener_with_grpc_config_source_takes_rds_from_the_named_cluster() {
         let l = build_listener_with_config_source(
             &listener(false, false),
-            ConfigSourceKind::SelfSource,
+            &ConfigSourceKind::Grpc {
+                cluster_name: "xds_cluster".into(),
+                delta: false,
+            },
         );
         let (_, hcm) = hcm_of(&l);
         let Some(hcm_v3::http_connection_manager::RouteSpecifier::Rds(rds)) = hcm.route_specifier
@@ -199,11 +202,27 @@ mod tests {
         let cs = rds.config_source.expect("RDS has a config source");
         assert_eq!(
             cs.config_source_specifier,
-            Some(core_v3::config_source::ConfigSourceSpecifier::Self_(
-                core_v3::SelfConfigSource {
-                    transport_api_version: core_v3::ApiVersion::V3 as i32
-                }
-            ))
+            Some(
+                core_v3::config_source::ConfigSourceSpecifier::ApiConfigSource(
+                    core_v3::ApiConfigSource {
+                        api_type: core_v3::api_config_source::ApiType::Grpc as i32,
+                        transport_api_version: core_v3::ApiVersion::V3 as i32,
+                        grpc_services: vec![core_v3::GrpcService {
+                            target_specifier: Some(
+                                core_v3::grpc_service::TargetSpecifier::EnvoyGrpc(
+                                    core_v3::grpc_service::EnvoyGrpc {
+                                        cluster_name: "xds_cluster".into(),
+                                        ..Default::default()
+                                    }
+                                )
+                            ),
+                            ..Default::default()
+                        }],
+                        set_node_on_first_message_only: true,
+                        ..Default::default()
+                    }
+                )
+            )
         );
         assert_eq!(cs.resource_api_version, core_v3::ApiVersion::V3 as i32);
     }

@@ -38,12 +38,12 @@ use crate::{ConfigSourceKind, Resources};
 /// order (already sorted by name), and one ClusterLoadAssignment per EDS cluster, sorted by name.
 /// Listeners and clusters reference their routes and endpoints over ADS.
 pub fn build(model: &Model) -> Resources {
-    build_with_config_source(model, ConfigSourceKind::Ads)
+    build_with_config_source(model, &ConfigSourceKind::Ads)
 }
 
 /// [`build`], with listeners and clusters referencing their routes (RDS) and endpoints (EDS)
 /// through `config_source`.
-pub fn build_with_config_source(model: &Model, config_source: ConfigSourceKind) -> Resources {
+pub fn build_with_config_source(model: &Model, config_source: &ConfigSourceKind) -> Resources {
     let listeners = model
         .listeners
         .iter()
@@ -148,8 +148,41 @@ pub(crate) fn ads_config_source() -> core_v3::ConfigSource {
     }
 }
 
-/// `{self: {transport_api_version: V3}, resource_api_version: V3}`: fetch from the server
-/// that sent the resource holding this config source.
+/// `{api_config_source: {api_type: GRPC|DELTA_GRPC, transport_api_version: V3, grpc_services:
+/// [{envoy_grpc: {cluster_name}}], set_node_on_first_message_only: true},
+/// resource_api_version: V3}`.
+pub(crate) fn grpc_config_source(cluster_name: &str, delta: bool) -> core_v3::ConfigSource {
+    let api_type = if delta {
+        core_v3::api_config_source::ApiType::DeltaGrpc
+    } else {
+        core_v3::api_config_source::ApiType::Grpc
+    };
+    core_v3::ConfigSource {
+        config_source_specifier: Some(
+            core_v3::config_source::ConfigSourceSpecifier::ApiConfigSource(
+                core_v3::ApiConfigSource {
+                    api_type: api_type as i32,
+                    transport_api_version: core_v3::ApiVersion::V3 as i32,
+                    grpc_services: vec![core_v3::GrpcService {
+                        target_specifier: Some(core_v3::grpc_service::TargetSpecifier::EnvoyGrpc(
+                            core_v3::grpc_service::EnvoyGrpc {
+                                cluster_name: cluster_name.to_string(),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    }],
+                    set_node_on_first_message_only: true,
+                    ..Default::default()
+                },
+            ),
+        ),
+        resource_api_version: core_v3::ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+/// `{self: {transport_api_version: V3}, resource_api_version: V3}`.
 pub(crate) fn self_config_source() -> core_v3::ConfigSource {
     core_v3::ConfigSource {
         config_source_specifier: Some(core_v3::config_source::ConfigSourceSpecifier::Self_(
@@ -163,9 +196,13 @@ pub(crate) fn self_config_source() -> core_v3::ConfigSource {
 }
 
 /// The config source of an RDS or EDS reference.
-pub(crate) fn config_source(kind: ConfigSourceKind) -> core_v3::ConfigSource {
+pub(crate) fn config_source(kind: &ConfigSourceKind) -> core_v3::ConfigSource {
     match kind {
         ConfigSourceKind::Ads => ads_config_source(),
+        ConfigSourceKind::Grpc {
+            cluster_name,
+            delta,
+        } => grpc_config_source(cluster_name, *delta),
         ConfigSourceKind::SelfSource => self_config_source(),
     }
 }
@@ -215,6 +252,38 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use std::time::Duration as StdDuration;
+
+    #[test]
+    fn config_sources_by_kind() {
+        use core_v3::config_source::ConfigSourceSpecifier as S;
+        assert!(matches!(
+            config_source(&ConfigSourceKind::Ads).config_source_specifier,
+            Some(S::Ads(_))
+        ));
+        assert!(matches!(
+            config_source(&ConfigSourceKind::SelfSource).config_source_specifier,
+            Some(S::Self_(core_v3::SelfConfigSource { transport_api_version }))
+                if transport_api_version == core_v3::ApiVersion::V3 as i32
+        ));
+        let grpc = config_source(&ConfigSourceKind::Grpc {
+            cluster_name: "xds_cluster".into(),
+            delta: false,
+        });
+        assert!(matches!(
+            grpc.config_source_specifier,
+            Some(S::ApiConfigSource(ref a))
+                if a.api_type == core_v3::api_config_source::ApiType::Grpc as i32
+        ));
+        assert_eq!(grpc.resource_api_version, core_v3::ApiVersion::V3 as i32);
+        assert_eq!(
+            ConfigSourceKind::Grpc {
+                cluster_name: "x".into(),
+                delta: true
+            }
+            .to_string(),
+            "delta_grpc:x"
+        );
+    }
 
     fn eds_cluster(name: &str, endpoints: Vec<ir::Endpoint>) -> ir::Cluster {
         ir::Cluster {
