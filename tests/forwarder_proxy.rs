@@ -41,6 +41,7 @@ const QUIET: Duration = Duration::from_millis(300);
 /// One request as a backend received it.
 #[derive(Debug, Clone)]
 struct Recorded {
+    version: hyper::Version,
     method: String,
     path: String,
     host: Option<String>,
@@ -220,6 +221,7 @@ async fn answer(
         .map(str::to_string)
         .or_else(|| parts.uri.authority().map(|a| a.to_string()));
     let rec = Recorded {
+        version: parts.version,
         method: parts.method.to_string(),
         path: parts
             .uri
@@ -326,9 +328,13 @@ fn virtual_service(name: &str, ns: &str, http: &str) -> SourceFile {
 }
 
 fn table(files: &[SourceFile]) -> Arc<Table> {
+    table_with(files, Options::default())
+}
+
+fn table_with(files: &[SourceFile], options: Options) -> Arc<Table> {
     let options = Options {
         bind_address: "127.0.0.1".to_string(),
-        ..Options::default()
+        ..options
     };
     let t = translate_files(files, &options);
     let diags: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();
@@ -566,6 +572,27 @@ async fn seed_routes_and_mirrors_like_envoy() {
         "envoy_cluster_upstream_rq_time_bucket{{envoy_cluster_name=\"{c3}\",le=\"0.5\"}}"
     )));
     assert!(text.contains("envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="));
+    // Keep-alive pools: sequential requests reuse one upstream connection; nothing is left
+    // active once the responses (and the shadows) are done.
+    let cx = |c: &str| {
+        metric(
+            &text,
+            &format!("envoy_cluster_upstream_cx_total{{envoy_cluster_name=\"{c}\"}}"),
+        )
+        .unwrap_or(f64::NAN)
+    };
+    assert!(cx(&c1) <= 2.0, "v1 connections: {}", cx(&c1));
+    assert!(cx(&c3) <= 5.0, "v3 connections: {}", cx(&c3));
+    for c in [&c1, &c3] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!("envoy_cluster_upstream_rq_active{{envoy_cluster_name=\"{c}\"}}")
+            ),
+            Some(0.0),
+            "{text}"
+        );
+    }
     // The debug page pairs them too.
     let mirror = f.mirror_json();
     let route = &mirror["routes"][0];
@@ -636,6 +663,59 @@ async fn the_shadow_gets_the_rewritten_path_and_mutated_headers() {
     assert_eq!(p.host.as_deref(), Some("calc"));
     assert_eq!(s.host.as_deref(), Some("calc-shadow"));
     drop(f);
+}
+
+/// `disable_shadow_host_suffix_append` (Istio 1.28's default, a translator option): the
+/// shadow keeps the primary's Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadow_host_suffix_can_be_disabled() {
+    let (v1, v3) = (Backend::start("v1").await, Backend::start("v3").await);
+    let port = free_port().await;
+    let files = vec![
+        service_entry("calc", "ns", port, &[("v1", v1.port()), ("v3", v3.port())]),
+        subsets("calc", "ns"),
+        virtual_service(
+            "calc",
+            "ns",
+            "  - route:\n    - destination:\n        host: calc\n        subset: v1\n    mirror:\n      host: calc\n      subset: v3\n",
+        ),
+    ];
+    let options = Options {
+        disable_shadow_host_suffix: true,
+        ..Options::default()
+    };
+    let _f = start(table_with(&files, options), ForwarderOptions::default()).await;
+    let host = format!("calc:{port}");
+    let r = HttpClient::new().get(port, &host, "/", &[]).await;
+    assert_eq!((r.status, r.backend()), (200, "v1"), "{r:?}");
+    let copy = v3.wait_for(1, COPY_TIMEOUT).await;
+    assert_eq!(copy[0].host.as_deref(), Some(host.as_str()));
+}
+
+/// With the suffix (the default) and a port in the Host, `-shadow` goes before the port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadow_suffix_goes_before_the_port() {
+    let (v1, v3) = (Backend::start("v1").await, Backend::start("v3").await);
+    let port = free_port().await;
+    let files = vec![
+        service_entry("calc", "ns", port, &[("v1", v1.port()), ("v3", v3.port())]),
+        subsets("calc", "ns"),
+        virtual_service(
+            "calc",
+            "ns",
+            "  - route:\n    - destination:\n        host: calc\n        subset: v1\n    mirror:\n      host: calc\n      subset: v3\n",
+        ),
+    ];
+    let _f = start(table(&files), ForwarderOptions::default()).await;
+    let r = HttpClient::new()
+        .get(port, &format!("calc:{port}"), "/", &[])
+        .await;
+    assert_eq!(r.status, 200);
+    let copy = v3.wait_for(1, COPY_TIMEOUT).await;
+    assert_eq!(
+        copy[0].host.as_deref(),
+        Some(format!("calc-shadow:{port}").as_str())
+    );
 }
 
 /// A POST body is mirrored whole when it fits the buffer; a 1 MiB POST goes to the primary
@@ -993,6 +1073,155 @@ async fn redirect_direct_response_and_fault_abort() {
             .get("x-shadowplane-response-flags")
             .and_then(|v| v.to_str().ok()),
         Some("NR")
+    );
+}
+
+/// CORS (Envoy's cors filter): an allowed preflight is answered locally, a simple request
+/// from an allowed origin gets the allow-origin header, other origins get nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflight_and_simple_requests() {
+    let v1 = Backend::start("v1").await;
+    let port = free_port().await;
+    let files = vec![
+        service_entry("calc", "ns", port, &[("v1", v1.port())]),
+        virtual_service(
+            "calc",
+            "ns",
+            "  - corsPolicy:\n      allowOrigins:\n      - exact: https://a.example\n      allowMethods:\n      - GET\n      - POST\n      allowHeaders:\n      - x-custom\n      exposeHeaders:\n      - x-backend\n      maxAge: 60s\n      allowCredentials: true\n    route:\n    - destination:\n        host: calc\n",
+        ),
+    ];
+    let _f = start(table(&files), ForwarderOptions::default()).await;
+    let c = HttpClient::new();
+    let h = |r: &Resp, name: &str| {
+        r.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let r = c
+        .send(
+            "OPTIONS",
+            port,
+            "calc",
+            "/",
+            &[
+                ("origin", "https://a.example"),
+                ("access-control-request-method", "POST"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        h(&r, "access-control-allow-origin").as_deref(),
+        Some("https://a.example")
+    );
+    assert_eq!(
+        h(&r, "access-control-allow-methods").as_deref(),
+        Some("GET,POST")
+    );
+    assert_eq!(
+        h(&r, "access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    assert_eq!(h(&r, "access-control-max-age").as_deref(), Some("60"));
+    assert!(
+        v1.requests().is_empty(),
+        "the preflight is answered locally"
+    );
+
+    let r = c
+        .get(port, "calc", "/", &[("origin", "https://a.example")])
+        .await;
+    assert_eq!((r.status, r.backend()), (200, "v1"));
+    assert_eq!(
+        h(&r, "access-control-allow-origin").as_deref(),
+        Some("https://a.example")
+    );
+    assert_eq!(
+        h(&r, "access-control-expose-headers").as_deref(),
+        Some("x-backend")
+    );
+    let r = c
+        .get(port, "calc", "/", &[("origin", "https://evil.example")])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(h(&r, "access-control-allow-origin"), None);
+}
+
+/// Fault delay: the request waits the fixed delay, then goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_delay() {
+    let v1 = Backend::start("v1").await;
+    let port = free_port().await;
+    let files = vec![
+        service_entry("calc", "ns", port, &[("v1", v1.port())]),
+        virtual_service(
+            "calc",
+            "ns",
+            "  - fault:\n      delay:\n        fixedDelay: 0.4s\n        percentage:\n          value: 100\n    route:\n    - destination:\n        host: calc\n",
+        ),
+    ];
+    let _f = start(table(&files), ForwarderOptions::default()).await;
+    let r = HttpClient::new().get(port, "calc", "/", &[]).await;
+    assert_eq!((r.status, r.backend()), (200, "v1"));
+    assert!(r.elapsed >= Duration::from_millis(400), "{:?}", r.elapsed);
+}
+
+/// A cluster with HTTP/2 upstream (DestinationRule `h2UpgradePolicy: UPGRADE`): the backend
+/// gets HTTP/2 with the Host as `:authority`; the mirror too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_upstream() {
+    let (v1, v3) = (Backend::start("v1").await, Backend::start("v3").await);
+    let port = free_port().await;
+    let files = vec![
+        service_entry("calc", "ns", port, &[("v1", v1.port()), ("v3", v3.port())]),
+        inline(
+            "test/dr.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: calc\n  namespace: ns\nspec:\n  host: calc\n  trafficPolicy:\n    connectionPool:\n      http:\n        h2UpgradePolicy: UPGRADE\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v3\n    labels:\n      version: v3\n",
+        ),
+        virtual_service(
+            "calc",
+            "ns",
+            "  - route:\n    - destination:\n        host: calc\n        subset: v1\n    mirror:\n      host: calc\n      subset: v3\n",
+        ),
+    ];
+    let f = start(table(&files), ForwarderOptions::default()).await;
+    let c = HttpClient::new();
+    for _ in 0..5 {
+        let r = c
+            .send(
+                "POST",
+                port,
+                "calc",
+                "/h2?x=1",
+                &[],
+                Bytes::from_static(b"data"),
+            )
+            .await;
+        assert_eq!((r.status, r.backend()), (200, "v1"), "{r:?}");
+    }
+    let copies = v3.wait_for(5, COPY_TIMEOUT).await;
+    let primary = v1.requests();
+    assert_eq!(primary.len(), 5);
+    assert_eq!(primary[0].version, hyper::Version::HTTP_2);
+    assert_eq!(primary[0].host.as_deref(), Some("calc"));
+    assert_eq!(primary[0].path, "/h2?x=1");
+    assert_eq!(primary[0].body, b"data");
+    assert_eq!(copies.len(), 5);
+    assert_eq!(copies[0].version, hyper::Version::HTTP_2);
+    assert_eq!(copies[0].host.as_deref(), Some("calc-shadow"));
+    assert_eq!(copies[0].body, b"data");
+    // One multiplexed connection per endpoint.
+    let c1 = cluster(port, "v1", "calc.ns.svc.cluster.local");
+    let text = metrics(&f).await;
+    assert_eq!(
+        metric(
+            &text,
+            &format!("envoy_cluster_upstream_cx_total{{envoy_cluster_name=\"{c1}\"}}")
+        ),
+        Some(1.0),
+        "{text}"
     );
 }
 

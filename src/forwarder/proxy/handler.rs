@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{
-    HeaderValue, ACCESS_CONTROL_REQUEST_METHOD, CONTENT_LENGTH, COOKIE, HOST, ORIGIN,
+    HeaderValue, ACCESS_CONTROL_REQUEST_METHOD, CONTENT_LENGTH, COOKIE, EXPECT, HOST, ORIGIN,
 };
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
@@ -226,6 +226,14 @@ async fn forward(
         })
         .unwrap_or_else(|| HeaderValue::from_static(""));
     strip_hop_by_hop(&mut headers);
+    // Like Envoy (`proxy_100_continue: false`): hyper answers `100 Continue` downstream when
+    // the body is read; the upstream never sees the expectation.
+    if headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        headers.remove(EXPECT);
+    }
     if use_remote_address {
         append_forwarded_for(&mut headers, peer.ip());
     }
