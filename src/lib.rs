@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backend;
 pub mod config_files;
 pub mod config_source;
 pub mod forwarder;
