@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and the `validate` and `translate` commands.
 
+mod backend;
 mod output;
 mod translate;
 mod validate;
@@ -9,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+pub use backend::BackendArgs;
 pub use translate::TranslateArgs;
 pub use validate::ValidateArgs;
 
@@ -54,6 +56,9 @@ pub enum Command {
     /// Translate Istio YAML into Envoy resources or a static Envoy bootstrap
     #[command(after_help = translate::AFTER_HELP)]
     Translate(TranslateArgs),
+    /// Run the demo backend: factors numbers, echoes requests, names itself in x-backend-version
+    #[command(after_help = backend::AFTER_HELP)]
+    Backend(BackendArgs),
 }
 
 /// Where the Istio YAML comes from (shared by every command).
@@ -117,6 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Translate(args) => translate::run(&args),
+        Command::Backend(args) => backend::run(&args),
     }
 }
 
