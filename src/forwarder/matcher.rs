@@ -377,11 +377,12 @@ pub fn redirect_location(route: &Route, r: &Redirect, req: &RequestView<'_>) -> 
             host.truncate(i);
         }
         host.push_str(&format!(":{port}"));
-    } else if r.host.is_none() && r.scheme.is_some() {
-        // A scheme change drops the request's port when it is the new scheme's default.
+    } else if r.host.is_none() && scheme != req.scheme {
+        // A scheme change drops the request's port when it is the *old* scheme's default
+        // (Envoy `processRequestHost`: `http://foo:80` → `https://foo`).
         if let Some(i) = super::table::port_start(&host) {
             let port = &host[i + 1..];
-            if (scheme == "https" && port == "443") || (scheme == "http" && port == "80") {
+            if (req.scheme == "https" && port == "443") || (req.scheme == "http" && port == "80") {
                 host.truncate(i);
             }
         }
@@ -896,7 +897,7 @@ mod tests {
             redirect_location(&r, &red, &req.view()),
             "https://calc:8443/old/x"
         );
-        let req80 = Req::new("calc:443", "/p");
+        let req80 = Req::new("calc:80", "/p");
         let red = Redirect {
             scheme: Some("https".into()),
             host: None,
@@ -906,5 +907,11 @@ mod tests {
             strip_query: false,
         };
         assert_eq!(redirect_location(&r, &red, &req80.view()), "https://calc/p");
+        // Not the old scheme's default port: kept.
+        let req443 = Req::new("calc:443", "/p");
+        assert_eq!(
+            redirect_location(&r, &red, &req443.view()),
+            "https://calc:443/p"
+        );
     }
 }

@@ -134,7 +134,7 @@ pub struct ClientStatusView {
     pub connects: u64,
     /// Why the last stream ended / the last connect failed.
     pub last_error: Option<String>,
-    /// The `error_detail` of the last NACK (cleared by the next ACK of the same type).
+    /// The `error_detail` of the last NACK (cleared by the next accepted update).
     pub last_nack: Option<String>,
     /// NACKs sent so far.
     pub nacks: u64,
