@@ -734,6 +734,102 @@ mod tests {
         assert_eq!(set.wheel.len(), 4);
     }
 
+    fn cluster(
+        discovery: table::Discovery,
+        endpoints: Vec<table::Endpoint>,
+    ) -> Arc<table::Cluster> {
+        Arc::new(table::Cluster {
+            name: "c".into(),
+            discovery,
+            lb: LbPolicy::RoundRobin,
+            connect_timeout: Duration::from_secs(2),
+            circuit_breakers: table::CircuitBreakers::default(),
+            protocol: UpstreamProtocol::Http1,
+            idle_timeout: None,
+            max_requests_per_connection: None,
+            max_connection_duration: None,
+            tcp_keepalive: None,
+            outlier_detection: None,
+            healthy_panic_threshold: 50.0,
+            endpoints,
+            endpoints_pending: false,
+        })
+    }
+
+    fn budget() -> Arc<MirrorBudget> {
+        Arc::new(MirrorBudget::new(
+            1,
+            Arc::new(crate::forwarder::metrics::MirrorClusterStats::new("c")),
+        ))
+    }
+
+    #[tokio::test]
+    async fn strict_dns_resolves_names_and_keeps_pools_across_rebuilds() {
+        let endpoint = table::Endpoint {
+            host: "localhost".into(),
+            port: 4321,
+            socket_addr: None,
+            weight: 1,
+            locality: None,
+        };
+        let cfg = cluster(
+            table::Discovery::StrictDns {
+                refresh: Duration::from_secs(5),
+            },
+            vec![endpoint],
+        );
+        let stats = Arc::new(ClusterStats::new("c"));
+        let rt = ClusterRt::build(cfg.clone(), None, stats.clone(), budget());
+        rt.ready().await;
+        let addrs: Vec<SocketAddr> = rt.endpoints().eps.iter().map(|e| e.addr).collect();
+        assert!(
+            addrs.contains(&SocketAddr::from(([127, 0, 0, 1], 4321))),
+            "{addrs:?}"
+        );
+        // A rebuild with the same endpoints starts from the resolved set, same endpoints.
+        let again = ClusterRt::build(cfg, Some(&rt), stats, budget());
+        assert!(again.is_resolved());
+        assert!(Arc::ptr_eq(
+            &again.endpoints().eps[0],
+            &rt.endpoints().eps[0]
+        ));
+    }
+
+    #[tokio::test]
+    async fn static_rebuilds_keep_endpoints_that_stay() {
+        let ep = |port: u16| table::Endpoint {
+            host: "127.0.0.1".into(),
+            port,
+            socket_addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            weight: 1,
+            locality: None,
+        };
+        let stats = Arc::new(ClusterStats::new("c"));
+        let a = ClusterRt::build(
+            cluster(table::Discovery::Static, vec![ep(1), ep(2)]),
+            None,
+            stats.clone(),
+            budget(),
+        );
+        let b = ClusterRt::build(
+            cluster(table::Discovery::Static, vec![ep(2), ep(3)]),
+            Some(&a),
+            stats,
+            budget(),
+        );
+        assert!(Arc::ptr_eq(&a.endpoints().eps[1], &b.endpoints().eps[0]));
+        assert_eq!(b.endpoints().eps[1].addr.port(), 3);
+        // Round robin alternates; avoiding a tried address moves to the other one.
+        let picks: Vec<u16> = (0..4)
+            .map(|_| b.pick(None, &[], 0).expect("endpoint").addr.port())
+            .collect();
+        assert_eq!(picks, vec![2, 3, 2, 3]);
+        let tried = [SocketAddr::from(([127, 0, 0, 1], 3))];
+        for _ in 0..4 {
+            assert_eq!(b.pick(None, &tried, 1).expect("endpoint").addr.port(), 2);
+        }
+    }
+
     #[test]
     fn weighted_random_follows_weights() {
         let set = EndpointSet::new(vec![ep(1, 1), ep(2, 1000)]);
