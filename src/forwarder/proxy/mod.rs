@@ -144,6 +144,20 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Hands tables from a synchronous callback (the `on_table` of the xDS client or of the local
+/// watcher) to a task that applies them one after the other; when several arrive while one is
+/// being applied, only the newest is applied next.
+#[derive(Debug, Clone)]
+pub struct TableSink {
+    tx: Arc<watch::Sender<Option<Arc<Table>>>>,
+}
+
+impl TableSink {
+    pub fn send(&self, table: Arc<Table>) {
+        self.tx.send_replace(Some(table));
+    }
+}
+
 /// The data plane.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -280,6 +294,30 @@ impl Forwarder {
         } else {
             Err(errors)
         }
+    }
+
+    /// Start the task that applies the tables sent to the returned sink (call inside the
+    /// runtime). Listeners that fail to bind are logged; the rest of the table applies. The
+    /// task ends when every sink is dropped or the forwarder is gone.
+    pub fn table_sink(self: &Arc<Self>) -> TableSink {
+        let (tx, mut rx) = watch::channel::<Option<Arc<Table>>>(None);
+        let forwarder = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some(table) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let Some(forwarder) = forwarder.upgrade() else {
+                    break;
+                };
+                if let Err(errors) = forwarder.apply(table).await {
+                    for e in errors {
+                        tracing::error!(error = %e, "listener not serving");
+                    }
+                }
+            }
+        });
+        TableSink { tx: Arc::new(tx) }
     }
 
     /// Stop every listener and wait (at most the drain timeout) for open requests.
@@ -427,4 +465,28 @@ async fn accept_loop(
     let _ = closed.send(());
     let drain = shared.options.drain_timeout;
     let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_sink_applies_tables_in_the_background() {
+        let f = Arc::new(Forwarder::new(ForwarderOptions::default()));
+        let sink = f.table_sink();
+        assert!(!f.is_ready());
+        let mut t = Table::default();
+        t.versions.listeners = "7".into();
+        sink.send(Arc::new(t));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while f.table().versions.listeners != "7" {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the table was not applied"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(f.is_ready());
+    }
 }
