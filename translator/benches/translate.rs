@@ -1,14 +1,25 @@
-//! Translation benchmark: parse + translate + print a generated mesh of N services.
+//! Translation benchmark: parse, translate and serialize a generated mesh of N services.
 //!
 //! Each service is one YAML file with three documents: a STATIC ServiceEntry (port 8080, six
 //! endpoints labelled across versions v1/v2/v3), a DestinationRule with subsets v1, v2, v3 and
 //! a VirtualService with three rules (header, uri and method match), each splitting 80/20
 //! between v1 and v2 and mirroring 10% to v3. Services are spread over 100 namespaces.
 //!
-//! One timed round = `parse_files` + `translate` + `print::resources_to_json` +
-//! `print::to_json_string` of the whole mesh, from the input text (generated once, untimed) to
-//! the output text. Reports the median of the rounds per stage and the process's peak RSS
-//! (`VmHWM`), so run one size per process (`bench/translate.sh` does).
+//! One round, from the input text (generated once, untimed) to the output, timed per phase:
+//! - parse: `parse::parse_files`;
+//! - translate: `translate` (lowering to the model, then building the Envoy protos);
+//! - encode: `canonical::encode` of every resource, what `serve` does with a translation
+//!   (`Snapshot::from_resources`);
+//! - JSON: `print::write_resources_json` to a byte buffer, what `translate --output json`
+//!   does (reported on its own line, not part of the headline).
+//!
+//! The headline, "translation plus serialization", is parse + translate + encode. Everything
+//! those phases produce stays alive until the round ends, as in `serve` (which keeps the parsed
+//! files, the translation and the snapshot). Reports the median of the rounds per phase and
+//! peak RSS (`VmHWM`): of the headline phases and of the JSON phase, each measured in the
+//! first round (the peak is reset through `/proc/self/clear_refs` before each; later rounds
+//! would start with the heap the allocator kept from the earlier ones), so run one size per
+//! process (`bench/translate.sh` does).
 //!
 //! ```sh
 //! cargo bench -p shadowplane-translator --bench translate -- --services 10000 --rounds 5
@@ -19,7 +30,7 @@
 
 use std::time::{Duration, Instant};
 
-use shadowplane_translator::{parse, print, translate, Options, SourceFile};
+use shadowplane_translator::{canonical, parse, print, translate, Options, Resources, SourceFile};
 
 const NAMESPACES: usize = 100;
 
@@ -79,41 +90,89 @@ pub fn generate(services: usize) -> Vec<SourceFile> {
         .collect()
 }
 
-/// `VmHWM` (peak resident set) of this process in KiB, from `/proc/self/status`.
-fn peak_rss_kib() -> Option<u64> {
+/// `VmHWM` (peak resident set) or `VmRSS` of this process in KiB, from `/proc/self/status`.
+fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status.lines().find_map(|line| {
-        let rest = line.strip_prefix("VmHWM:")?;
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
         rest.trim().trim_end_matches("kB").trim().parse().ok()
     })
+}
+
+/// Reset `VmHWM` to the current resident set (Linux: `5` in `/proc/<pid>/clear_refs`), so the
+/// next reading is the peak of what runs in between. `false` where that is not available.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Resident-set readings (KiB) around the phases of the first round.
+#[derive(Default, Clone, Copy)]
+struct Memory {
+    /// Before parsing: the input text, the binary, the descriptor pool (forced beforehand).
+    start: Option<u64>,
+    /// Peak during parse + translate + encode.
+    headline_peak: Option<u64>,
+    /// Peak during JSON printing (what the headline left alive, plus the printer's own).
+    json_peak: Option<u64>,
 }
 
 struct Round {
     parse: Duration,
     translate: Duration,
-    print: Duration,
-    total: Duration,
-    output_bytes: usize,
+    encode: Duration,
+    json: Duration,
+    encoded_bytes: usize,
+    json_bytes: usize,
     counts: [usize; 4],
     errors: Vec<String>,
+    memory: Memory,
 }
 
-fn round(files: &[SourceFile], options: &Options) -> Round {
+/// Every resource encoded as `serve` encodes it for its snapshot.
+fn encode_all(r: &Resources) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(
+        r.listeners.len() + r.routes.len() + r.clusters.len() + r.endpoints.len(),
+    );
+    out.extend(r.listeners.iter().map(canonical::encode));
+    out.extend(r.routes.iter().map(canonical::encode));
+    out.extend(r.clusters.iter().map(canonical::encode));
+    out.extend(r.endpoints.iter().map(canonical::encode));
+    out
+}
+
+fn round(files: &[SourceFile], options: &Options, measure_memory: bool) -> Round {
+    let mut memory = Memory::default();
+    let tracking = measure_memory && reset_peak_rss();
+    if tracking {
+        memory.start = status_kib("VmRSS");
+    }
     let start = Instant::now();
     let parsed = parse::parse_files(files);
     let parsed_at = Instant::now();
     let translation = translate(&parsed, options);
     let translated_at = Instant::now();
-    let json = print::resources_to_json(&translation.resources);
-    let text = print::to_json_string(&json);
-    let printed_at = Instant::now();
+    let encoded = encode_all(&translation.resources);
+    let encoded_at = Instant::now();
+    if tracking {
+        memory.headline_peak = status_kib("VmHWM");
+        reset_peak_rss();
+    }
+    let json_start = Instant::now();
+    let mut json = Vec::new();
+    // Writing to a Vec cannot fail.
+    print::write_resources_json(&translation.resources, &mut json).expect("writing JSON to memory");
+    let json_at = Instant::now();
+    if tracking {
+        memory.json_peak = status_kib("VmHWM");
+    }
     let r = &translation.resources;
-    Round {
+    let result = Round {
         parse: parsed_at - start,
         translate: translated_at - parsed_at,
-        print: printed_at - translated_at,
-        total: printed_at - start,
-        output_bytes: text.len(),
+        encode: encoded_at - translated_at,
+        json: json_at - json_start,
+        encoded_bytes: encoded.iter().map(Vec::len).sum(),
+        json_bytes: json.len(),
         counts: [
             r.listeners.len(),
             r.routes.len(),
@@ -127,7 +186,10 @@ fn round(files: &[SourceFile], options: &Options) -> Round {
             .take(5)
             .map(|d| d.to_string())
             .collect(),
-    }
+        memory,
+    };
+    drop((json, encoded, translation, parsed));
+    result
 }
 
 fn median(mut values: Vec<Duration>) -> Duration {
@@ -137,6 +199,11 @@ fn median(mut values: Vec<Duration>) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map(|k| format!("{:.0}", k as f64 / 1024.0))
+        .unwrap_or_else(|| "?".to_string())
 }
 
 fn main() {
@@ -169,17 +236,24 @@ fn main() {
     }
     if header {
         println!(
-            "| services | input MiB | parse ms | translate ms | print ms | total ms (median of {rounds}) | output MiB | peak RSS MiB | listeners/routes/clusters/CLAs |"
+            "Headline = parse + translate + encode (canonical protobuf, as serve does); JSON printing is its own column.\n\
+             Times: median of {rounds} rounds. RSS: first round; \"start\" = before parsing (input text loaded), \
+             \"peak\" = VmHWM during the phases.\n"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        println!(
+            "| services | input MiB | parse ms | translate ms | encode ms | **headline ms** | RSS start MiB | **headline peak RSS MiB** | JSON ms | JSON peak RSS MiB | encoded MiB | JSON MiB | listeners/routes/clusters/CLAs |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     }
     let options = Options::default();
+    // Untimed: the descriptor pool is decoded once per process, on first use.
+    let _ = print::descriptor_pool();
     for n in services {
         let files = generate(n);
         let input_bytes: usize = files.iter().map(|f| f.text.len()).sum();
         let mut results = Vec::with_capacity(rounds);
-        for _ in 0..rounds {
-            results.push(round(&files, &options));
+        for i in 0..rounds {
+            results.push(round(&files, &options, i == 0));
         }
         let first = &results[0];
         if !first.errors.is_empty() {
@@ -198,17 +272,21 @@ fn main() {
             );
             std::process::exit(1);
         }
-        let peak = peak_rss_kib()
-            .map(|k| format!("{:.0}", k as f64 / 1024.0))
-            .unwrap_or_else(|| "?".to_string());
+        let per = |f: fn(&Round) -> Duration| median(results.iter().map(f).collect());
+        let memory = first.memory;
         println!(
-            "| {n} | {:.1} | {} | {} | {} | {} | {:.1} | {peak} | {l}/{r}/{c}/{e} |",
+            "| {n} | {:.1} | {} | {} | {} | **{}** | {} | **{}** | {} | {} | {:.1} | {:.1} | {l}/{r}/{c}/{e} |",
             input_bytes as f64 / (1024.0 * 1024.0),
-            ms(median(results.iter().map(|r| r.parse).collect())),
-            ms(median(results.iter().map(|r| r.translate).collect())),
-            ms(median(results.iter().map(|r| r.print).collect())),
-            ms(median(results.iter().map(|r| r.total).collect())),
-            first.output_bytes as f64 / (1024.0 * 1024.0),
+            ms(per(|r| r.parse)),
+            ms(per(|r| r.translate)),
+            ms(per(|r| r.encode)),
+            ms(per(|r| r.parse + r.translate + r.encode)),
+            mib(memory.start),
+            mib(memory.headline_peak),
+            ms(per(|r| r.json)),
+            mib(memory.json_peak),
+            first.encoded_bytes as f64 / (1024.0 * 1024.0),
+            first.json_bytes as f64 / (1024.0 * 1024.0),
         );
     }
 }

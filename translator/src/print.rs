@@ -137,18 +137,18 @@ fn sort_all_keys(value: &mut Value) {
     }
 }
 
+/// One list item: the message's JSON, or what went wrong.
+fn item_to_json<M: Message + Name>(msg: &M) -> Value {
+    match to_json(msg) {
+        Ok(v) => v,
+        // Every type xds builds is in the descriptor set (checked by the tests below);
+        // should one ever be missing, say so in the output instead of dropping it.
+        Err(e) => serde_json::json!({ "@error": e.to_string() }),
+    }
+}
+
 fn list_to_json<M: Message + Name>(items: &[M]) -> Value {
-    Value::Array(
-        items
-            .iter()
-            .map(|m| match to_json(m) {
-                Ok(v) => v,
-                // Every type xds builds is in the descriptor set (checked by the tests below);
-                // should one ever be missing, say so in the output instead of dropping it.
-                Err(e) => serde_json::json!({ "@error": e.to_string() }),
-            })
-            .collect(),
-    )
+    Value::Array(items.iter().map(item_to_json).collect())
 }
 
 /// All resources, grouped by type in xDS order, each list in its given order:
@@ -160,6 +160,60 @@ pub fn resources_to_json(resources: &Resources) -> Value {
     map.insert("clusters".into(), list_to_json(&resources.clusters));
     map.insert("endpoints".into(), list_to_json(&resources.endpoints));
     Value::Object(map)
+}
+
+/// A list of messages that serializes like [`list_to_json`]'s array, one message at a time:
+/// each item's JSON tree is built, written and dropped before the next.
+struct StreamedList<'a, M>(&'a [M]);
+
+impl<M: Message + Name> serde::Serialize for StreamedList<'_, M> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for msg in self.0 {
+            seq.serialize_element(&item_to_json(msg))?;
+        }
+        seq.end()
+    }
+}
+
+/// [`resources_to_json`]'s object, streamed: the same serializer calls (so the same text), but
+/// only one resource's JSON tree exists at a time instead of the whole output's.
+struct StreamedResources<'a>(&'a Resources);
+
+impl serde::Serialize for StreamedResources<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.0;
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("listeners", &StreamedList(&r.listeners))?;
+        map.serialize_entry("routes", &StreamedList(&r.routes))?;
+        map.serialize_entry("clusters", &StreamedList(&r.clusters))?;
+        map.serialize_entry("endpoints", &StreamedList(&r.endpoints))?;
+        map.end()
+    }
+}
+
+/// Write all resources as pretty JSON: byte for byte
+/// `to_json_string(&resources_to_json(resources))`, without holding the whole JSON tree (at
+/// 10,000 services that tree is several times the size of the resources).
+pub fn write_resources_json<W: std::io::Write>(
+    resources: &Resources,
+    writer: W,
+) -> std::io::Result<()> {
+    let mut writer = writer;
+    serde_json::to_writer_pretty(&mut writer, &StreamedResources(resources))
+        .map_err(std::io::Error::other)?;
+    writer.write_all(b"\n")
+}
+
+/// Write all resources as block-style YAML: byte for byte
+/// `to_yaml_string(&resources_to_json(resources))`, one resource's JSON tree at a time.
+pub fn write_resources_yaml<W: std::io::Write>(
+    resources: &Resources,
+    writer: W,
+) -> std::io::Result<()> {
+    serde_yaml::to_writer(writer, &StreamedResources(resources)).map_err(std::io::Error::other)
 }
 
 /// Block-style YAML (ends with a newline).
