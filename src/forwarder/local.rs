@@ -152,6 +152,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config_source::Debounce;
 
     fn seed_files() -> Vec<SourceFile> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -169,6 +170,88 @@ mod tests {
                 text: std::fs::read_to_string(&p).expect("readable"),
             })
             .collect()
+    }
+
+    async fn next_table(rx: &mut tokio::sync::watch::Receiver<Option<Arc<Table>>>) -> Arc<Table> {
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx.changed())
+            .await
+            .expect("a table in time")
+            .expect("sender alive");
+        rx.borrow_and_update().clone().expect("a table")
+    }
+
+    /// The CLI spawns it: the future must be `Send`.
+    #[test]
+    fn run_future_is_send() {
+        fn is_send<T: Send>(_: &T) {}
+        let fut = run(LocalConfig::new(vec![]), |_| {}, async {});
+        is_send(&fut);
+    }
+
+    #[tokio::test]
+    async fn a_watched_folder_hot_reloads_and_keeps_the_last_good_table() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for f in seed_files() {
+            let name = std::path::Path::new(&f.path)
+                .file_name()
+                .expect("file name")
+                .to_owned();
+            std::fs::write(dir.path().join(name), &f.text).expect("write");
+        }
+        let (tx, mut rx) = tokio::sync::watch::channel(None);
+        let status = Arc::new(ClientStatus::default());
+        let mut cfg = LocalConfig::new(vec![dir.path().to_path_buf()]);
+        cfg.debounce = Debounce {
+            quiet: std::time::Duration::from_millis(30),
+            max_delay: std::time::Duration::from_millis(300),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let st = status.clone();
+        let task = tokio::spawn(run_with_status(
+            cfg,
+            st,
+            move |t| {
+                let _ = tx.send(Some(t));
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let first = next_table(&mut rx).await;
+        assert_eq!(first.versions.listeners, "local-1");
+        // A broken file: logged, no table, the last good one stays.
+        let vs = dir.path().join("virtual-service.yaml");
+        let good_vs = std::fs::read_to_string(&vs).expect("vs");
+        std::fs::write(&vs, good_vs.replace("subset: v3", "subset: v9\n  bad: [")).expect("write");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while status.view().last_nack.is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the broken file was not reported"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(status.view().tables, 1);
+        // Fixed again (without the mirror): a new table.
+        std::fs::write(
+            &vs,
+            good_vs.replace(
+                "    mirror:\n      host: calcbackendsvc\n      subset: v3\n",
+                "",
+            ),
+        )
+        .expect("write");
+        let next = next_table(&mut rx).await;
+        assert!(next.versions.listeners != "local-1");
+        let no_mirror = |t: &Table| {
+            t.route_configs["8080"].virtual_hosts[0].routes.iter().all(|r| {
+                matches!(&r.action, crate::forwarder::table::Action::Forward(f) if f.mirrors.is_empty())
+            })
+        };
+        assert!(!no_mirror(&first), "the seed mirrors");
+        assert!(no_mirror(&next), "the reloaded config has no mirror");
+        let _ = stop.send(());
+        task.await.expect("task").expect("watch");
     }
 
     #[test]
