@@ -1286,6 +1286,46 @@ async fn retries_move_to_the_healthy_endpoint() {
     );
 }
 
+/// Per-try timeout: a try on the slow endpoint is cut after `perTryTimeout` and retried on
+/// the other endpoint (Istio's retries avoid hosts already tried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_timeout_retries_elsewhere() {
+    let fast = Backend::start("fast").await;
+    let slow = Backend::start_with(
+        "slow",
+        Behavior {
+            delay: Duration::from_secs(3),
+            status: 200,
+        },
+    )
+    .await;
+    let port = free_port().await;
+    let files = vec![
+        service_entry("calc", "ns", port, &[("v1", slow.port()), ("v1", fast.port())]),
+        virtual_service(
+            "calc",
+            "ns",
+            "  - route:\n    - destination:\n        host: calc\n    retries:\n      attempts: 2\n      perTryTimeout: 0.2s\n      retryOn: 5xx\n",
+        ),
+    ];
+    let f = start(table(&files), ForwarderOptions::default()).await;
+    let c = HttpClient::new();
+    for i in 0..6 {
+        let r = c.get(port, "calc", "/", &[]).await;
+        assert_eq!((r.status, r.backend()), (200, "fast"), "request {i}: {r:?}");
+        assert!(r.elapsed < Duration::from_secs(2), "{:?}", r.elapsed);
+    }
+    assert!(!slow.requests().is_empty(), "the slow endpoint was tried");
+    let c0 = cluster(port, "", "calc.ns.svc.cluster.local");
+    let text = metrics(&f).await;
+    let per_try = metric(
+        &text,
+        &format!("envoy_cluster_upstream_rq_per_try_timeout{{envoy_cluster_name=\"{c0}\"}}"),
+    )
+    .unwrap_or(0.0);
+    assert!(per_try >= 1.0, "{text}");
+}
+
 /// The route timeout: 504 `upstream request timeout` when the upstream is slower.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_is_504() {

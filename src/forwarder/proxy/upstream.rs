@@ -367,7 +367,8 @@ impl ClusterRt {
     }
 
     /// Pick an endpoint by the cluster's policy, avoiding `avoid` (addresses already tried,
-    /// Envoy's `previous_hosts` predicate) for up to `attempts` re-picks.
+    /// Envoy's `previous_hosts` predicate): up to `attempts` re-picks by the policy, then the
+    /// next endpoint not tried (Envoy would give up and use the last draw).
     pub fn pick(
         &self,
         hash: Option<u64>,
@@ -392,6 +393,15 @@ impl ClusterRt {
                 Some(_) => (pick + 1) % n,
                 None => self.pick_once(&set, None, &mut rng),
             };
+        }
+        if !avoid.is_empty() && avoid.contains(&set.eps[pick].addr) {
+            // Unlucky draws: take the next endpoint not tried yet, if any.
+            if let Some(i) = (1..n)
+                .map(|k| (pick + k) % n)
+                .find(|&i| !avoid.contains(&set.eps[i].addr))
+            {
+                pick = i;
+            }
         }
         Some(set.eps[pick].clone())
     }
