@@ -24,7 +24,20 @@
 //! - `NAMESPACE` (what Istio sidecars send): short host names follow Istio's rules for a
 //!   proxy in that namespace ([`Options::proxy_namespace`]);
 //! - `BIND_ADDRESS` (shadowplane's): the address the listeners bind to, e.g. `127.0.0.1` for
-//!   an Envoy on a laptop (default `--bind-address`, `0.0.0.0` like istiod).
+//!   an Envoy on a laptop (default `--bind-address`, `0.0.0.0` like istiod);
+//! - `XDS_CLUSTER` (shadowplane's): see below;
+//!
+//! and except for how the stream came in. On ADS, listeners and clusters reference their
+//! routes and endpoints with `{ads: {}}`, as istiod does. A stream on a per-type discovery
+//! service (a bootstrap whose `lds_config`/`cds_config` is an `api_config_source` and that
+//! has no `ads_config`, like `envoy-configs/xds-per-type.yaml`) gets them with
+//! `{api_config_source: {api_type: GRPC, grpc_services: [{envoy_grpc: {cluster_name:
+//! xds_cluster}}]}}` (`DELTA_GRPC` for a delta stream), so that Envoy fetches RDS and EDS on
+//! streams of their own to the same server ([`Options::config_source`]). The cluster is the
+//! bootstrap's static cluster of the xDS server: `xds_cluster`, the name Envoy's and
+//! go-control-plane's examples use, or node metadata `XDS_CLUSTER` for another name. (Envoy
+//! does not implement `{self: {}}`, which would not need the name.) So any standard bootstrap
+//! works unchanged.
 //!
 //! Each distinct view is a snapshot group, translated the first time a proxy with that view
 //! connects and again on every config change.
@@ -75,7 +88,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
 use serde_json::json;
 use shadowplane_translator::{
-    diag, print, Code, Diagnostic, Options, Parsed, Severity, Translation,
+    diag, print, Code, ConfigSourceKind, Diagnostic, Options, Parsed, Severity, Translation,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -86,7 +99,7 @@ use crate::config_source::{ConfigLoad, Debounce, FileSource, WatchError};
 use crate::metrics::{Metrics, ReloadResult};
 use crate::xds::registry::ProxyStatus;
 use crate::xds::resource::{self, CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use crate::xds::{ProxyRegistry, Snapshot, SnapshotCache, DEFAULT_GROUP};
+use crate::xds::{ProxyRegistry, Snapshot, SnapshotCache, StreamInfo, DEFAULT_GROUP};
 
 /// Default `--xds-listen`.
 pub const DEFAULT_XDS_LISTEN: SocketAddr =
@@ -98,6 +111,13 @@ pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
 pub const NAMESPACE_KEY: &str = "NAMESPACE";
 /// Node metadata key naming the address the proxy's listeners bind to.
 pub const BIND_ADDRESS_KEY: &str = "BIND_ADDRESS";
+/// Node metadata key naming the bootstrap's static cluster of the xDS server, for proxies on
+/// per-type streams (their RDS and EDS go to it).
+pub const XDS_CLUSTER_KEY: &str = "XDS_CLUSTER";
+/// The xDS cluster a per-type proxy's RDS and EDS go to when it does not say
+/// ([`XDS_CLUSTER_KEY`]): the name of Envoy's and go-control-plane's examples, and of
+/// `envoy-configs/`.
+pub const DEFAULT_XDS_CLUSTER: &str = "xds_cluster";
 
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
@@ -280,7 +300,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServeError> {
     let source = FileSource::start(cfg.config_paths.clone(), cfg.debounce)?;
     let (group_tx, group_rx) = mpsc::unbounded_channel();
     let grouping = node_grouping(cfg.options.clone(), group_tx);
-    let cache = Arc::new(SnapshotCache::with_grouping(grouping));
+    let cache = Arc::new(SnapshotCache::with_stream_grouping(grouping));
     let registry = Arc::new(ProxyRegistry::new());
     let app = Arc::new(App {
         options: cfg.options.clone(),
@@ -429,26 +449,44 @@ async fn control_loop(
 
 // ===== node views =====
 
-/// What a proxy's node metadata changes in its config.
+/// What a proxy's node metadata, and the stream it came in on, change in its config.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct NodeView {
     /// `NAMESPACE`, when it differs from `--proxy-namespace`.
     pub namespace: Option<String>,
     /// `BIND_ADDRESS`, when it differs from `--bind-address`.
     pub bind_address: Option<String>,
+    /// How the stream's listeners and clusters reference routes and endpoints, when it
+    /// differs from the server's options: `ads` on ADS streams; on per-type ones gRPC to the
+    /// bootstrap's xDS cluster.
+    pub config_source: Option<ConfigSourceKind>,
 }
 
 impl NodeView {
-    /// The view of `node`, relative to the server's default `options`. Values that are not a
-    /// namespace name or an IP address are ignored (with a warning).
-    pub fn of(node: &Node, options: &Options) -> NodeView {
-        let get = |key: &str| -> Option<String> {
-            let value = node.metadata.as_ref()?.fields.get(key)?;
-            match &value.kind {
-                Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
-                _ => None,
+    /// The view of `node` on a stream like `stream`: [`NodeView::of`], plus the config source
+    /// the stream needs: `ads` on an aggregated stream; on a per-type one `GRPC` (or
+    /// `DELTA_GRPC`, like the stream) to the cluster `XDS_CLUSTER` names, else
+    /// [`DEFAULT_XDS_CLUSTER`].
+    pub fn for_stream(node: &Node, stream: &StreamInfo, options: &Options) -> NodeView {
+        let needed = if stream.is_aggregated() {
+            ConfigSourceKind::Ads
+        } else {
+            ConfigSourceKind::Grpc {
+                cluster_name: metadata_string(node, XDS_CLUSTER_KEY)
+                    .unwrap_or_else(|| DEFAULT_XDS_CLUSTER.to_string()),
+                delta: stream.transport == crate::xds::Transport::Delta,
             }
         };
+        NodeView {
+            config_source: (needed != options.config_source).then_some(needed),
+            ..NodeView::of(node, options)
+        }
+    }
+
+    /// The view of `node`'s metadata, relative to the server's default `options`. Values that
+    /// are not a namespace name or an IP address are ignored (with a warning).
+    pub fn of(node: &Node, options: &Options) -> NodeView {
+        let get = |key: &str| metadata_string(node, key);
         let namespace = get(NAMESPACE_KEY).filter(|ns| {
             let ok = is_dns_label(ns);
             if !ok {
@@ -466,10 +504,12 @@ impl NodeView {
         NodeView {
             namespace,
             bind_address,
+            config_source: None,
         }
     }
 
-    /// The snapshot group name: `default`, or `namespace=<ns>`, `bind=<addr>`, or both.
+    /// The snapshot group name: `default`, or any of `namespace=<ns>`, `bind=<addr>`,
+    /// `config_source=<ads|grpc:<cluster>|delta_grpc:<cluster>>`, joined by commas.
     pub fn group(&self) -> String {
         let mut parts = Vec::new();
         if let Some(ns) = &self.namespace {
@@ -477,6 +517,9 @@ impl NodeView {
         }
         if let Some(addr) = &self.bind_address {
             parts.push(format!("bind={addr}"));
+        }
+        if let Some(kind) = &self.config_source {
+            parts.push(format!("config_source={kind}"));
         }
         if parts.is_empty() {
             DEFAULT_GROUP.to_string()
@@ -494,7 +537,19 @@ impl NodeView {
         if let Some(addr) = &self.bind_address {
             options.bind_address = addr.clone();
         }
+        if let Some(kind) = &self.config_source {
+            options.config_source = kind.clone();
+        }
         options
+    }
+}
+
+/// A non-empty string value of the node's metadata.
+fn metadata_string(node: &Node, key: &str) -> Option<String> {
+    let value = node.metadata.as_ref()?.fields.get(key)?;
+    match &value.kind {
+        Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
     }
 }
 
@@ -507,15 +562,15 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// The cache's grouping function: a node's view names its group; the first time a group is
-/// seen it is reported on `new_groups` so the control loop translates for it.
+/// The cache's grouping function: the view of a node on a stream names its group; the first
+/// time a group is seen it is reported on `new_groups` so the control loop translates for it.
 fn node_grouping(
     options: Options,
     new_groups: mpsc::UnboundedSender<(String, NodeView)>,
-) -> crate::xds::NodeGrouping {
+) -> crate::xds::StreamGrouping {
     let seen = Mutex::new(BTreeSet::from([DEFAULT_GROUP.to_string()]));
-    Arc::new(move |node: &Node| {
-        let view = NodeView::of(node, &options);
+    Arc::new(move |node: &Node, stream: &StreamInfo| {
+        let view = NodeView::for_stream(node, stream, &options);
         let group = view.group();
         let first = seen
             .lock()
@@ -1451,6 +1506,71 @@ mod tests {
             )
             .group(),
             "default"
+        );
+    }
+
+    #[test]
+    fn per_type_streams_get_a_grpc_config_source_to_the_xds_cluster() {
+        use crate::xds::registry::Transport;
+        let base = Options::default();
+        let ns = node(&[("NAMESPACE", "challengeistio")]);
+        let on = |transport| StreamInfo {
+            transport,
+            type_url: match transport {
+                Transport::SotwAds | Transport::DeltaAds => None,
+                Transport::Sotw | Transport::Delta => Some(crate::xds::resource::LISTENER),
+            },
+        };
+        for transport in [Transport::SotwAds, Transport::DeltaAds] {
+            let view = NodeView::for_stream(&ns, &on(transport), &base);
+            assert_eq!(view.group(), "namespace=challengeistio");
+            assert_eq!(view.options(&base).config_source, ConfigSourceKind::Ads);
+        }
+        let view = NodeView::for_stream(&ns, &on(Transport::Sotw), &base);
+        assert_eq!(
+            view.group(),
+            "namespace=challengeistio,config_source=grpc:xds_cluster"
+        );
+        assert_eq!(
+            view.options(&base).config_source,
+            ConfigSourceKind::Grpc {
+                cluster_name: "xds_cluster".into(),
+                delta: false
+            }
+        );
+        // A delta per-type stream: DELTA_GRPC; XDS_CLUSTER names another bootstrap cluster.
+        let named = node(&[("XDS_CLUSTER", "control-plane")]);
+        let view = NodeView::for_stream(&named, &on(Transport::Delta), &base);
+        assert_eq!(view.group(), "config_source=delta_grpc:control-plane");
+        assert_eq!(
+            view.options(&base).config_source,
+            ConfigSourceKind::Grpc {
+                cluster_name: "control-plane".into(),
+                delta: true
+            }
+        );
+        // XDS_CLUSTER means nothing on ADS.
+        assert_eq!(
+            NodeView::for_stream(&named, &on(Transport::DeltaAds), &base).group(),
+            "default"
+        );
+        // A server whose default is gRPC gives ADS streams `ads`.
+        let grpc_base = Options {
+            config_source: ConfigSourceKind::Grpc {
+                cluster_name: "xds_cluster".into(),
+                delta: false,
+            },
+            ..Options::default()
+        };
+        let view = NodeView::for_stream(&ns, &on(Transport::SotwAds), &grpc_base);
+        assert_eq!(view.group(), "namespace=challengeistio,config_source=ads");
+        assert_eq!(
+            view.options(&grpc_base).config_source,
+            ConfigSourceKind::Ads
+        );
+        assert_eq!(
+            NodeView::for_stream(&ns, &on(Transport::Sotw), &grpc_base).group(),
+            "namespace=challengeistio"
         );
     }
 

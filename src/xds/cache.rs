@@ -17,6 +17,7 @@ use prost::Message;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::registry::Transport;
 use super::resource::{self, set_version, EncodedResource};
 
 /// Errors building a snapshot.
@@ -326,13 +327,40 @@ impl ConsistencyReport {
 /// Maps a proxy's node to the group whose snapshot it is served.
 pub type NodeGrouping = Arc<dyn Fn(&Node) -> String + Send + Sync>;
 
+/// What the server knows of a stream when it picks the group of the node on it: which
+/// discovery service the proxy opened it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub transport: Transport,
+    /// The only type a per-type stream serves (`None` on ADS).
+    pub type_url: Option<&'static str>,
+}
+
+impl StreamInfo {
+    /// A state-of-the-world ADS stream.
+    pub const SOTW_ADS: StreamInfo = StreamInfo {
+        transport: Transport::SotwAds,
+        type_url: None,
+    };
+
+    /// Whether the stream is aggregated (ADS) rather than one type's discovery service.
+    pub fn is_aggregated(&self) -> bool {
+        matches!(self.transport, Transport::SotwAds | Transport::DeltaAds)
+    }
+}
+
+/// Maps a proxy's node, and the stream it arrived on, to the group whose snapshot that stream
+/// is served. Two streams of one proxy (say its LDS and its RDS stream) may be in different
+/// groups.
+pub type StreamGrouping = Arc<dyn Fn(&Node, &StreamInfo) -> String + Send + Sync>;
+
 /// The group every node belongs to with the default grouping.
 pub const DEFAULT_GROUP: &str = "default";
 
 /// Current snapshot per node group, swapped atomically; streams watch their group.
 pub struct SnapshotCache {
     groups: Mutex<BTreeMap<String, watch::Sender<Option<Arc<Snapshot>>>>>,
-    grouping: NodeGrouping,
+    grouping: StreamGrouping,
 }
 
 impl fmt::Debug for SnapshotCache {
@@ -358,15 +386,26 @@ impl SnapshotCache {
     /// Nodes grouped by `grouping` (e.g. by `node.cluster` or a metadata key), one snapshot
     /// per group.
     pub fn with_grouping(grouping: NodeGrouping) -> Self {
+        Self::with_stream_grouping(Arc::new(move |node: &Node, _: &StreamInfo| grouping(node)))
+    }
+
+    /// Streams grouped by their node and by how they connected (e.g. ADS or per-type), one
+    /// snapshot per group.
+    pub fn with_stream_grouping(grouping: StreamGrouping) -> Self {
         SnapshotCache {
             groups: Mutex::new(BTreeMap::new()),
             grouping,
         }
     }
 
-    /// The group a node is served from.
+    /// The group a node is served from on a state-of-the-world ADS stream.
     pub fn group_for(&self, node: &Node) -> String {
-        (self.grouping)(node)
+        self.group_for_stream(node, &StreamInfo::SOTW_ADS)
+    }
+
+    /// The group a node is served from on a stream like `stream`.
+    pub fn group_for_stream(&self, node: &Node, stream: &StreamInfo) -> String {
+        (self.grouping)(node, stream)
     }
 
     fn lock(
@@ -483,6 +522,31 @@ mod tests {
                 ..Default::default()
             },
         )
+    }
+
+    #[test]
+    fn stream_grouping_sees_how_the_stream_connected() {
+        let cache = SnapshotCache::with_stream_grouping(Arc::new(|n: &Node, s: &StreamInfo| {
+            let how = if s.is_aggregated() { "ads" } else { "per-type" };
+            format!("{}/{how}/{}", n.id, s.type_url.unwrap_or("*"))
+        }));
+        let node = Node {
+            id: "n".into(),
+            ..Default::default()
+        };
+        assert_eq!(cache.group_for(&node), "n/ads/*");
+        let lds = StreamInfo {
+            transport: Transport::Delta,
+            type_url: Some(LISTENER),
+        };
+        assert!(!lds.is_aggregated());
+        assert_eq!(
+            cache.group_for_stream(&node, &lds),
+            format!("n/per-type/{LISTENER}")
+        );
+        // A node-only grouping ignores the stream.
+        let by_node = SnapshotCache::with_grouping(Arc::new(|n: &Node| n.id.clone()));
+        assert_eq!(by_node.group_for_stream(&node, &lds), "n");
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub mod wire;
 
 pub use cache::{
     ConsistencyReport, MissingReference, NodeGrouping, Snapshot, SnapshotCache, SnapshotError,
-    TypeResources, DEFAULT_GROUP,
+    StreamGrouping, StreamInfo, TypeResources, DEFAULT_GROUP,
 };
 pub use registry::{
     MetricsSnapshot, NackStatus, ProxyRegistry, ProxyStatus, SyncState, Transport, TypeMetrics,

@@ -91,7 +91,7 @@ impl Service<Request<Streaming<DiscoveryRequest>>> for SotwHandler {
             };
             let (tx, rx) = mpsc::channel(shared.options.stream_buffer.max(1));
             let handle = stream::open(&shared, transport);
-            let ctx = StreamCtx::new(handle, &shared, fixed.is_none(), fixed);
+            let ctx = StreamCtx::new(handle, &shared, transport, fixed);
             let protocol = SotwProtocol::new(ctx);
             tokio::spawn(stream::run(shared, protocol, request.into_inner(), tx));
             Ok(Response::new(ReceiverStream::new(rx)))
@@ -124,7 +124,7 @@ impl Service<Request<Streaming<DeltaDiscoveryRequest>>> for DeltaHandler {
             };
             let (tx, rx) = mpsc::channel(shared.options.stream_buffer.max(1));
             let handle = stream::open(&shared, transport);
-            let ctx = StreamCtx::new(handle, &shared, fixed.is_none(), fixed);
+            let ctx = StreamCtx::new(handle, &shared, transport, fixed);
             let protocol = DeltaProtocol::new(ctx);
             tokio::spawn(stream::run(shared, protocol, request.into_inner(), tx));
             Ok(Response::new(ReceiverStream::new(rx)))

@@ -10,7 +10,7 @@ use prost::bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::cache::{Snapshot, SnapshotCache};
+use super::cache::{Snapshot, SnapshotCache, StreamInfo};
 use super::registry::{ProxyRegistry, StreamHandle, Transport};
 use super::ServerOptions;
 
@@ -36,6 +36,7 @@ pub(crate) struct StreamCtx {
     pub ads: bool,
     /// The only type a per-type stream serves.
     pub fixed_type: Option<&'static str>,
+    pub transport: Transport,
     nonce: u64,
 }
 
@@ -43,7 +44,7 @@ impl StreamCtx {
     pub fn new(
         handle: StreamHandle,
         shared: &Shared,
-        ads: bool,
+        transport: Transport,
         fixed_type: Option<&'static str>,
     ) -> Self {
         StreamCtx {
@@ -52,9 +53,18 @@ impl StreamCtx {
             control_plane: shared.control_plane.clone(),
             node_id: String::new(),
             group: String::new(),
-            ads,
+            ads: fixed_type.is_none(),
             fixed_type,
+            transport,
             nonce: 0,
+        }
+    }
+
+    /// How this stream connected, for the cache's grouping.
+    pub fn stream_info(&self) -> StreamInfo {
+        StreamInfo {
+            transport: self.transport,
+            type_url: self.fixed_type,
         }
     }
 
@@ -148,8 +158,8 @@ pub(crate) async fn run<P: Protocol>(
                 if snapshots.is_none() {
                     // The node is only guaranteed on the first request (G1).
                     let node = P::node(&request).cloned().unwrap_or_default();
-                    let group = shared.cache.group_for(&node);
                     let ctx = protocol.ctx();
+                    let group = shared.cache.group_for_stream(&node, &ctx.stream_info());
                     ctx.node_id = node.id.clone();
                     ctx.handle.set_node(&node, &group);
                     ctx.group = group.clone();
