@@ -99,6 +99,7 @@ impl OptionArgs {
             disable_shadow_host_suffix: self.no_shadow_suffix,
             proxy_namespace: self.proxy_namespace.clone(),
             domain_suffix: self.domain_suffix.clone(),
+            ..Default::default()
         }
     }
 }
