@@ -10,6 +10,20 @@
 //! Modules: [`body`] (request tee, response bookkeeping), [`headers`], [`handler`] (one
 //! request: match, CORS, fault, redirect / direct response / forward with mirrors, retries and
 //! timeouts), [`reply`] (local replies), [`upstream`] (clusters, balancing, pools).
+//!
+//! Wiring (what `shadowplane forward` does):
+//!
+//! ```text
+//! let rt = proxy::runtime(concurrency)?;                 // --concurrency N worker threads
+//! rt.block_on(async {
+//!     let fwd = Arc::new(Forwarder::new(ForwarderOptions::default()));
+//!     let admin = TcpListener::bind(admin_listen).await?;   // --admin-listen
+//!     tokio::spawn(admin::serve(fwd.clone(), admin, shutdown.clone(), drain));
+//!     let sink = fwd.table_sink();                        // on_table for xds_client / local
+//!     xds_client::run(cfg, move |t| sink.send(t), shutdown).await?;
+//!     fwd.shutdown().await;                               // stop listeners, drain
+//! })
+//! ```
 
 pub mod body;
 pub mod handler;
