@@ -1,7 +1,10 @@
-//! Command-line interface: argument definitions and the `validate` and `translate` commands.
+//! Command-line interface: argument definitions and the `validate`, `translate` and `serve`
+//! commands.
 
 mod backend;
+mod forward;
 mod output;
+mod serve;
 mod translate;
 mod validate;
 
@@ -11,6 +14,8 @@ use std::process::ExitCode;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 pub use backend::BackendArgs;
+pub use forward::ForwardArgs;
+pub use serve::ServeArgs;
 pub use translate::TranslateArgs;
 pub use validate::ValidateArgs;
 
@@ -31,6 +36,10 @@ Examples:
   shadowplane translate --bootstrap --bind-address 127.0.0.1 \\
       --config examples/calc/service-entry.yaml --config examples/calc/mirror --output envoy.yaml
   envoy -c envoy.yaml
+
+  # Or serve it over xDS (watching the files) to Envoys that connect
+  shadowplane serve --config examples/calc/service-entry.yaml --config examples/calc/mirror
+  envoy -c envoy-configs/ads-delta.yaml
 
 Logging: -v for debug, -vv for trace; RUST_LOG (e.g. RUST_LOG=shadowplane=debug) overrides -v.
 Logs go to stderr.";
@@ -56,9 +65,15 @@ pub enum Command {
     /// Translate Istio YAML into Envoy resources or a static Envoy bootstrap
     #[command(after_help = translate::AFTER_HELP)]
     Translate(TranslateArgs),
+    /// Serve the config to Envoy over xDS (ADS, SotW and delta), reloading it when the files change
+    #[command(after_help = serve::AFTER_HELP)]
+    Serve(ServeArgs),
     /// Run the demo backend: factors numbers, echoes requests, names itself in x-backend-version
     #[command(after_help = backend::AFTER_HELP)]
     Backend(BackendArgs),
+    /// Proxy HTTP like Envoy from the same xDS (or Istio YAML), mirroring included
+    #[command(after_help = forward::AFTER_HELP)]
+    Forward(ForwardArgs),
 }
 
 /// Where the Istio YAML comes from (shared by every command).
@@ -123,7 +138,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Translate(args) => translate::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Backend(args) => backend::run(&args),
+        Command::Forward(args) => forward::run(&args),
     }
 }
 
@@ -183,6 +200,66 @@ mod tests {
         assert!(options.disable_shadow_host_suffix);
         assert_eq!(options.proxy_namespace.as_deref(), Some("prod"));
         assert_eq!(options.domain_suffix, "cluster.local");
+    }
+
+    #[test]
+    fn serve_defaults_are_the_pipeline_defaults() {
+        let cli = Cli::parse_from(["shadowplane", "serve", "--config", "a.yaml"]);
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        let cfg = args.to_serve_config();
+        let defaults = shadowplane::app::ServeConfig::new(vec!["a.yaml".into()]);
+        assert_eq!(cfg.config_paths, defaults.config_paths);
+        assert_eq!(cfg.xds_listen, defaults.xds_listen);
+        assert_eq!(cfg.admin_listen, defaults.admin_listen);
+        assert_eq!(cfg.options, defaults.options);
+        assert_eq!(cfg.debounce, defaults.debounce);
+        assert_eq!(cfg.phase_timeout, defaults.phase_timeout);
+        assert_eq!(cfg.drain_timeout, defaults.drain_timeout);
+    }
+
+    #[test]
+    fn serve_flags_map_to_serve_config() {
+        let cli = Cli::parse_from([
+            "shadowplane",
+            "serve",
+            "--config",
+            "a.yaml",
+            "--config",
+            "dir",
+            "--xds-listen",
+            "127.0.0.1:18001",
+            "--admin-listen",
+            "0.0.0.0:19001",
+            "--bind-address",
+            "127.0.0.1",
+            "--no-shadow-suffix",
+            "--domain-suffix",
+            "corp.local",
+            "--debounce",
+            "20ms",
+            "--debounce-max",
+            "2s",
+            "--phase-timeout",
+            "1500ms",
+            "--drain-timeout",
+            "1m",
+        ]);
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        let cfg = args.to_serve_config();
+        assert_eq!(cfg.config_paths.len(), 2);
+        assert_eq!(cfg.xds_listen.to_string(), "127.0.0.1:18001");
+        assert_eq!(cfg.admin_listen.to_string(), "0.0.0.0:19001");
+        assert_eq!(cfg.options.bind_address, "127.0.0.1");
+        assert!(cfg.options.disable_shadow_host_suffix);
+        assert_eq!(cfg.options.domain_suffix, "corp.local");
+        assert_eq!(cfg.debounce.quiet, std::time::Duration::from_millis(20));
+        assert_eq!(cfg.debounce.max_delay, std::time::Duration::from_secs(2));
+        assert_eq!(cfg.phase_timeout, std::time::Duration::from_millis(1500));
+        assert_eq!(cfg.drain_timeout, std::time::Duration::from_secs(60));
     }
 
     #[test]

@@ -1,0 +1,318 @@
+//! `shadowplane serve` as a user runs it: the process starts on the given ports, answers
+//! /healthz and /readyz, reloads a fixed config, stops cleanly on SIGTERM, and exits 2 naming
+//! the address and the flag when a port is taken.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SERVICE_ENTRY: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: calc
+  namespace: demo
+spec:
+  hosts:
+  - calc.demo.svc.cluster.local
+  location: MESH_INTERNAL
+  ports:
+  - number: 8080
+    name: http
+    protocol: HTTP
+  resolution: STATIC
+  endpoints:
+  - address: 127.0.0.1
+    ports:
+      http: 9001
+";
+
+/// A field Istio does not have: an error that blocks serving.
+const BROKEN: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: calc
+  namespace: demo
+spec:
+  hostz:
+  - calc.demo.svc.cluster.local
+";
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running `shadowplane serve`, killed on drop if the test did not stop it.
+struct Serve {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Serve {
+    fn start(config: &Path, extra: &[&str]) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shadowplane"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shadowplane serve");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let sink = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut s = sink.lock().expect("stderr buffer lock");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Serve {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr buffer lock").clone()
+    }
+
+    /// The xDS and admin addresses from the startup line (the ports are picked by the OS).
+    fn addresses(&mut self) -> (SocketAddr, SocketAddr) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let err = self.stderr();
+            if let Some(line) = err.lines().find(|l| l.contains("serving xDS on ")) {
+                let xds = word_after(line, "serving xDS on ");
+                let admin = word_after(line, "admin on http://");
+                let xds = xds.parse().expect("xDS address in the startup line");
+                let admin = admin
+                    .trim_end_matches('/')
+                    .parse()
+                    .expect("admin address in the startup line");
+                return (xds, admin);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("serve exited early ({status}); stderr:\n{err}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no startup line after {START_TIMEOUT:?}; stderr:\n{err}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Wait (bounded) for the process to exit and for its stderr to be read; its exit code.
+    fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for serve") {
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                return status
+                    .code()
+                    .unwrap_or_else(|| panic!("killed by a signal: {status}"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve still running {timeout:?} after SIGTERM; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn word_after<'a>(line: &'a str, prefix: &str) -> &'a str {
+    let start = line.find(prefix).expect("prefix in line") + prefix.len();
+    line[start..].split_whitespace().next().unwrap_or("")
+}
+
+/// `GET path` over HTTP/1.1: (status, body).
+fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Poll `path` until it answers `want` (bounded); the last body.
+fn wait_for_status(addr: SocketAddr, path: &str, want: u16, serve: &Serve) -> String {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let last = match get(addr, path) {
+            Ok((status, body)) if status == want => return body,
+            Ok((status, body)) => format!("{status} {body}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not answer {want} within {START_TIMEOUT:?}; last: {last}; stderr:\n{}",
+            serve.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn config_dir(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("mesh.yaml"), text).expect("write config");
+    dir
+}
+
+const EPHEMERAL: [&str; 4] = [
+    "--xds-listen",
+    "127.0.0.1:0",
+    "--admin-listen",
+    "127.0.0.1:0",
+];
+
+#[test]
+fn serve_is_healthy_ready_and_stops_cleanly_on_sigterm() {
+    let dir = config_dir(SERVICE_ENTRY);
+    let mut serve = Serve::start(dir.path(), &EPHEMERAL);
+    let (xds, admin) = serve.addresses();
+    assert_eq!(wait_for_status(admin, "/healthz", 200, &serve), "ok\n");
+    wait_for_status(admin, "/readyz", 200, &serve);
+    TcpStream::connect_timeout(&xds, Duration::from_secs(2)).expect("xDS port accepts");
+    let (status, body) = get(admin, "/debug/config").expect("GET /debug/config");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("outbound|8080||calc.demo.svc.cluster.local"),
+        "the served config has the ServiceEntry's cluster: {body}"
+    );
+
+    serve.sigterm();
+    let code = serve.wait_exit(STOP_TIMEOUT);
+    let err = serve.stderr();
+    assert_eq!(code, 0, "stderr:\n{err}");
+    assert!(err.contains("stopping"), "stderr:\n{err}");
+    assert!(
+        TcpStream::connect_timeout(&admin, Duration::from_millis(500)).is_err(),
+        "admin port closed after exit"
+    );
+}
+
+#[test]
+fn serve_starts_unready_on_a_broken_config_and_becomes_ready_when_fixed() {
+    let dir = config_dir(BROKEN);
+    let mut extra = EPHEMERAL.to_vec();
+    extra.extend(["--debounce", "20ms"]);
+    let mut serve = Serve::start(dir.path(), &extra);
+    let (_, admin) = serve.addresses();
+    wait_for_status(admin, "/healthz", 200, &serve);
+    let body = wait_for_status(admin, "/readyz", 503, &serve);
+    assert!(body.contains("no good config yet"), "{body}");
+
+    std::fs::write(dir.path().join("mesh.yaml"), SERVICE_ENTRY).expect("fix the config");
+    wait_for_status(admin, "/readyz", 200, &serve);
+
+    serve.sigterm();
+    assert_eq!(
+        serve.wait_exit(STOP_TIMEOUT),
+        0,
+        "stderr:\n{}",
+        serve.stderr()
+    );
+}
+
+#[test]
+fn serve_exits_2_naming_a_taken_port_and_its_flag() {
+    let dir = config_dir(SERVICE_ENTRY);
+    let taken = TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let addr = taken.local_addr().expect("held address").to_string();
+
+    let cases = [
+        (
+            [
+                "--xds-listen",
+                addr.as_str(),
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+            "--xds-listen",
+        ),
+        (
+            [
+                "--xds-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                addr.as_str(),
+            ],
+            "--admin-listen",
+        ),
+    ];
+    for (args, flag) in cases {
+        let mut serve = Serve::start(dir.path(), &args);
+        let code = serve.wait_exit(START_TIMEOUT);
+        let err = serve.stderr();
+        assert_eq!(code, 2, "{flag}: stderr:\n{err}");
+        assert!(err.contains(&addr), "names {addr}; stderr:\n{err}");
+        assert!(err.contains(flag), "names {flag}; stderr:\n{err}");
+        assert!(err.contains("in use"), "says why; stderr:\n{err}");
+    }
+}
+
+#[test]
+fn serve_help_shows_the_envoy_bootstraps_and_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shadowplane"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("run serve --help");
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "envoy-configs/ads-sotw.yaml",
+        "envoy-configs/ads-delta.yaml",
+        "--xds-listen",
+        "--admin-listen",
+        "[default: 127.0.0.1:18000]",
+        "--debounce",
+        "--bind-address",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle}:\n{help}");
+    }
+}
