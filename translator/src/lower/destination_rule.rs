@@ -2,7 +2,7 @@
 //! `outbound|<port>||<fqdn>` for every service port plus one per defined subset, with
 //! traffic-policy precedence subset port-level > subset > DR port-level > DR.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::diag::{Code, Diagnostic, ResourceRef};
 use crate::ir::{Cluster, Discovery, Endpoint};
@@ -299,29 +299,37 @@ pub fn index(
         }
     }
 
+    // The services each rule host applies to, in one pass over the registry (so in hostname
+    // order): the service of that exact host and, for a wildcard host, the services it was
+    // applied to above.
+    let mut targets: BTreeMap<&str, Vec<&Service>> = BTreeMap::new();
+    for svc in registry.services.values() {
+        targets.entry(svc.hostname.as_str()).or_default().push(svc);
+        if let Some(rule) = rules.get(&svc.hostname) {
+            if rule.host.starts_with('*') && rule.host != svc.hostname {
+                targets.entry(rule.host.as_str()).or_default().push(svc);
+            }
+        }
+    }
+    let mut similar = SimilarHosts::default();
     for acc in &accepted {
-        check_references(acc, registry, &rules, diags);
+        let services = targets
+            .get(acc.host.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        check_references(acc, services, registry, &mut similar, diags);
     }
     RuleIndex { rules }
 }
 
-/// IST0174 (no service for the host) and IST0173 (a subset selects no endpoint).
-fn check_references(
+/// IST0174 (no service for the host) and IST0173 (a subset selects no endpoint). `targets`:
+/// the services the rule's host applies to.
+fn check_references<'r>(
     acc: &Accepted<'_>,
-    registry: &Registry,
-    rules: &BTreeMap<String, MergedRule>,
+    targets: &[&Service],
+    registry: &'r Registry,
+    similar: &mut SimilarHosts<'r>,
     diags: &mut Vec<Diagnostic>,
 ) {
-    // The services this rule's host applies to.
-    let targets: Vec<&Service> = registry
-        .services
-        .values()
-        .filter(|svc| {
-            svc.hostname == acc.host
-                || (acc.host.starts_with('*')
-                    && rules.get(&svc.hostname).is_some_and(|r| r.host == acc.host))
-        })
-        .collect();
     if targets.is_empty() {
         diags.push(
             acc.res
@@ -336,7 +344,7 @@ fn check_references(
                     "spec.host",
                 )
                 .value(acc.host.clone())
-                .hint(unknown_host_hint(acc, registry)),
+                .hint(unknown_host_hint(acc, registry, similar)),
         );
         return;
     }
@@ -344,9 +352,10 @@ fn check_references(
         if subset.labels.is_empty() {
             continue;
         }
-        let statics: Vec<&&Service> = targets
+        let statics: Vec<&Service> = targets
             .iter()
             .filter(|s| s.resolution == Resolution::Static)
+            .copied()
             .collect();
         if statics.is_empty() {
             continue;
@@ -396,7 +405,33 @@ fn cluster_name_display(port: &str, subset: &str, host: &str) -> String {
     format!("outbound|{port}|{subset}|{host}")
 }
 
-fn unknown_host_hint(acc: &Accepted<'_>, registry: &Registry) -> String {
+/// Service hosts by their first label (`calcbackendsvc` for `calcbackendsvc.ns.svc...`), in
+/// hostname order: the "did you mean" candidates of an unknown host. Built on first use, so a
+/// mesh without unknown hosts never pays for it, and one with many scans the registry once.
+#[derive(Default)]
+struct SimilarHosts<'r> {
+    by_first_label: Option<BTreeMap<&'r str, Vec<&'r str>>>,
+}
+
+impl<'r> SimilarHosts<'r> {
+    fn get(&mut self, registry: &'r Registry, short: &str) -> &[&'r str] {
+        let index = self.by_first_label.get_or_insert_with(|| {
+            let mut index: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for host in registry.services.keys() {
+                let first = host.split('.').next().unwrap_or("");
+                index.entry(first).or_default().push(host.as_str());
+            }
+            index
+        });
+        index.get(short).map_or(&[], Vec::as_slice)
+    }
+}
+
+fn unknown_host_hint<'r>(
+    acc: &Accepted<'_>,
+    registry: &'r Registry,
+    similar_hosts: &mut SimilarHosts<'r>,
+) -> String {
     let written = match &acc.res.spec {
         Spec::DestinationRule(dr) => dr.host.trim().to_string(),
         _ => acc.host.clone(),
@@ -409,12 +444,11 @@ fn unknown_host_hint(acc: &Accepted<'_>, registry: &Registry) -> String {
             acc.host, acc.host
         );
     }
-    let similar: Vec<&str> = registry
-        .services
-        .keys()
-        .filter(|h| h.split('.').next() == Some(short) && !short.is_empty())
-        .map(String::as_str)
-        .collect();
+    let similar: &[&str] = if short.is_empty() {
+        &[]
+    } else {
+        similar_hosts.get(registry, short)
+    };
     if !similar.is_empty() {
         return format!(
             "did you mean {}? otherwise add a ServiceEntry for {}; without a service the rule has no effect",
@@ -426,13 +460,17 @@ fn unknown_host_hint(acc: &Accepted<'_>, registry: &Registry) -> String {
         "add a ServiceEntry with host {} or fix the host; without a service the rule has no effect",
         acc.host
     );
-    let known: BTreeSet<&str> = registry.services.keys().map(String::as_str).collect();
+    let known = &registry.services;
     if known.is_empty() {
         hint.push_str(" (no services are defined)");
     } else if known.len() <= 8 {
         hint.push_str(&format!(
             " (known hosts: {})",
-            known.into_iter().collect::<Vec<_>>().join(", ")
+            known
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     hint

@@ -101,11 +101,19 @@ const PROTOCOLS: &str =
 /// Build the registry from every ServiceEntry (and the WorkloadEntries they select), in input
 /// order. Invalid entries are reported and skipped; the rest is kept.
 pub fn build(resources: &[Resource], _options: &Options, diags: &mut Vec<Diagnostic>) -> Registry {
-    let workloads = collect_workload_entries(resources, diags);
+    // By namespace (input order within each): a ServiceEntry only selects the WorkloadEntries
+    // of its own namespace, so it need not look at the others.
+    let mut workloads: BTreeMap<&str, Vec<Workload<'_>>> = BTreeMap::new();
+    for w in collect_workload_entries(resources, diags) {
+        workloads.entry(w.res.namespace()).or_default().push(w);
+    }
     let mut registry = Registry::default();
     for res in resources {
         if let Spec::ServiceEntry(se) = &res.spec {
-            add_service_entry(res, se, &workloads, &mut registry, diags);
+            let candidates = workloads
+                .get(res.namespace())
+                .map_or(&[][..], Vec::as_slice);
+            add_service_entry(res, se, candidates, &mut registry, diags);
         }
     }
     registry
@@ -457,6 +465,7 @@ fn parse_endpoints(
 }
 
 /// WorkloadEntries of the ServiceEntry's namespace whose labels include the selector's.
+/// `workloads`: those of the ServiceEntry's namespace, in input order.
 fn select_workloads(
     res: &Resource,
     selector: &istio::WorkloadSelector,
@@ -466,9 +475,6 @@ fn select_workloads(
 ) -> Vec<ServiceEndpoint> {
     let mut out = Vec::new();
     for w in workloads {
-        if w.res.namespace() != res.namespace() {
-            continue;
-        }
         if !selector
             .labels
             .iter()
@@ -515,6 +521,7 @@ fn select_workloads(
 fn add_service_entry(
     res: &Resource,
     se: &ServiceEntrySpec,
+    // The WorkloadEntries of the ServiceEntry's namespace.
     workloads: &[Workload<'_>],
     registry: &mut Registry,
     diags: &mut Vec<Diagnostic>,

@@ -945,6 +945,9 @@ impl CompiledVs<'_> {
 pub(crate) struct MeshIndex {
     /// Resolved host → index of the winning VirtualService in the compiled list.
     by_host: BTreeMap<String, usize>,
+    /// The `*.suffix` hosts of `by_host`, in its order: the only candidates for a service
+    /// host without an exact entry (scanning every host instead made the mesh quadratic).
+    wildcards: Vec<(String, usize)>,
 }
 
 /// Index the mesh-bound VirtualServices by host. When several claim the same host the
@@ -989,6 +992,12 @@ pub(crate) fn mesh_index(vss: &[CompiledVs<'_>], diags: &mut Vec<Diagnostic>) ->
         }
         index.by_host.insert(host.to_string(), list[0].0);
     }
+    index.wildcards = index
+        .by_host
+        .iter()
+        .filter(|(h, _)| h.starts_with("*."))
+        .map(|(h, i)| (h.clone(), *i))
+        .collect();
     index
 }
 
@@ -999,9 +1008,9 @@ impl MeshIndex {
         if let Some(i) = self.by_host.get(host) {
             return Some(*i);
         }
-        self.by_host
+        self.wildcards
             .iter()
-            .filter(|(h, _)| h.starts_with("*.") && host_covers(h, host))
+            .filter(|(h, _)| host_covers(h, host))
             .max_by_key(|(h, _)| h.len())
             .map(|(_, i)| *i)
     }
@@ -1013,7 +1022,17 @@ impl MeshIndex {
     ) -> impl Iterator<Item = (&'s str, usize)> + 's {
         self.by_host
             .iter()
-            .filter(move |(h, _)| !registry.services.keys().any(|s| host_covers(h, s)))
+            .filter(move |(h, _)| !covers_a_service(h, registry))
             .map(|(h, i)| (h.as_str(), *i))
+    }
+}
+
+/// Does `host` cover some service host ([`host_covers`])? A plain host only covers itself: a
+/// registry lookup, not a scan; only wildcard hosts look at every service.
+fn covers_a_service(host: &str, registry: &Registry) -> bool {
+    if host.starts_with('*') {
+        registry.services.keys().any(|s| host_covers(host, s))
+    } else {
+        registry.services.contains_key(host)
     }
 }
