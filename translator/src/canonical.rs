@@ -10,6 +10,15 @@
 //! encoded bytes), recursing into sub-messages and into `google.protobuf.Any` payloads by
 //! their type URL. Everything else is kept byte for byte: prost already writes fields in
 //! field-number order.
+//!
+//! Re-encoding copies every sub-message that may hold a map, which is nearly all of an Envoy
+//! resource (`Metadata` and `Any` are everywhere), and is only needed when some map field has
+//! two or more entries (a route with both a fault and a CORS policy). So [`encode`] first
+//! scans prost's bytes, read-only and only into sub-messages whose type can reach a map field
+//! or an `Any` (known per type from the descriptor pool, once), and returns them unchanged
+//! when no map field has two entries: exactly what the re-encoding would have produced.
+
+use std::sync::LazyLock;
 
 use prost::bytes::Buf;
 use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, WireType};
@@ -21,11 +30,207 @@ use crate::print::descriptor_pool;
 /// Encode `msg` with deterministic map-entry order.
 pub fn encode<M: Message + Name>(msg: &M) -> Vec<u8> {
     let bytes = msg.encode_to_vec();
-    match descriptor_pool().get_message_by_name(&M::full_name()) {
-        Some(descriptor) => canonicalize(&descriptor, &bytes),
-        // Every type we emit is in the descriptor set (tested); fall back to prost's bytes.
-        None => bytes,
+    let name = M::full_name();
+    let table = &*TYPES;
+    match table.by_name.get(name.as_str()) {
+        Some(&t) if !table.needs_walk(t, &bytes) => bytes,
+        _ => match descriptor_pool().get_message_by_name(&name) {
+            Some(descriptor) => canonicalize(&descriptor, &bytes),
+            // Every type we emit is in the descriptor set (tested); fall back to prost's bytes.
+            None => bytes,
+        },
     }
+}
+
+/// What the read-only scan of [`encode`] needs to know about a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldKind {
+    /// A `map<...>` field; its entries are messages of this type.
+    Map(usize),
+    /// `google.protobuf.Any`: the payload's type is in its `type_url`.
+    Any,
+    /// Any other message field, of this type.
+    Message(usize),
+    /// Scalars, strings, bytes, enums.
+    Other,
+}
+
+/// One message type of the descriptor pool.
+#[derive(Debug, Default)]
+struct TypeInfo {
+    /// Can a map field be reached from this type: its own fields, its sub-messages' (to any
+    /// depth) or an `Any`'s (whose payload can be anything)?
+    may_hold_maps: bool,
+    /// Its message, map and `Any` fields by number, sorted by number.
+    fields: Vec<(u32, FieldKind)>,
+}
+
+/// Type index by full name. The crate bans `HashMap` so that no output follows its random
+/// iteration order; this one is only ever looked up, never iterated, and is looked up for
+/// every sub-message scanned, where a hash beats comparing long `envoy.config...` names.
+#[allow(clippy::disallowed_types)]
+type ByName = std::collections::HashMap<String, usize>;
+
+/// Every message type of the descriptor pool, for the scan.
+struct TypeTable {
+    types: Vec<TypeInfo>,
+    by_name: ByName,
+}
+
+static TYPES: LazyLock<TypeTable> = LazyLock::new(|| TypeTable::new(descriptor_pool()));
+
+impl TypeTable {
+    fn new(pool: &prost_reflect::DescriptorPool) -> TypeTable {
+        let by_name: ByName = pool
+            .all_messages()
+            .enumerate()
+            .map(|(i, m)| (m.full_name().to_string(), i))
+            .collect();
+        let mut types: Vec<TypeInfo> = Vec::with_capacity(by_name.len());
+        // parents[t]: the types with a field of type t (for the reachability below).
+        let mut parents: Vec<Vec<usize>> = vec![Vec::new(); by_name.len()];
+        for (i, message) in pool.all_messages().enumerate() {
+            let mut info = TypeInfo::default();
+            for field in message.fields() {
+                let Kind::Message(m) = field.kind() else {
+                    continue;
+                };
+                let Some(&t) = by_name.get(m.full_name()) else {
+                    continue;
+                };
+                let kind = if field.is_map() {
+                    FieldKind::Map(t)
+                } else if m.full_name() == "google.protobuf.Any" {
+                    FieldKind::Any
+                } else {
+                    FieldKind::Message(t)
+                };
+                info.may_hold_maps |= matches!(kind, FieldKind::Map(_) | FieldKind::Any);
+                parents[t].push(i);
+                info.fields.push((field.number(), kind));
+            }
+            info.fields.sort_by_key(|(number, _)| *number);
+            types.push(info);
+        }
+        // Whatever holds a type that may hold maps may hold maps too.
+        let mut pending: Vec<usize> = (0..types.len())
+            .filter(|&t| types[t].may_hold_maps)
+            .collect();
+        while let Some(t) = pending.pop() {
+            for &parent in &parents[t] {
+                if !types[parent].may_hold_maps {
+                    types[parent].may_hold_maps = true;
+                    pending.push(parent);
+                }
+            }
+        }
+        TypeTable { types, by_name }
+    }
+
+    fn field(&self, t: usize, number: u32) -> FieldKind {
+        let fields = &self.types[t].fields;
+        match fields.binary_search_by_key(&number, |(n, _)| *n) {
+            Ok(i) => fields[i].1,
+            Err(_) => FieldKind::Other,
+        }
+    }
+
+    /// Would [`canonicalize`] change `buf`, the encoding of a message of type `t`? Only when a
+    /// map field, here or in a sub-message or an `Any` payload, has two or more entries in a
+    /// row: everything else it re-encodes exactly as prost wrote it. Anything unexpected
+    /// (bytes that do not parse, an `Any` not in prost's shape) also says yes, so that
+    /// `canonicalize` decides.
+    fn needs_walk(&self, t: usize, mut buf: &[u8]) -> bool {
+        if !self.types[t].may_hold_maps {
+            return false;
+        }
+        let mut previous: Option<u32> = None;
+        while buf.has_remaining() {
+            let Ok((tag, wire_type)) = decode_key(&mut buf) else {
+                return true;
+            };
+            match wire_type {
+                WireType::Varint => {
+                    if decode_varint(&mut buf).is_err() {
+                        return true;
+                    }
+                }
+                WireType::SixtyFourBit | WireType::ThirtyTwoBit => {
+                    let n = if wire_type == WireType::SixtyFourBit {
+                        8
+                    } else {
+                        4
+                    };
+                    let Some((_, rest)) = split(buf, n) else {
+                        return true;
+                    };
+                    buf = rest;
+                }
+                WireType::LengthDelimited => {
+                    let Some((payload, rest)) = delimited(buf) else {
+                        return true;
+                    };
+                    buf = rest;
+                    let changes = match self.field(t, tag) {
+                        FieldKind::Map(entry) => {
+                            previous == Some(tag) || self.needs_walk(entry, payload)
+                        }
+                        FieldKind::Message(m) => self.needs_walk(m, payload),
+                        FieldKind::Any => self.any_needs_walk(payload),
+                        FieldKind::Other => false,
+                    };
+                    if changes {
+                        return true;
+                    }
+                }
+                WireType::StartGroup | WireType::EndGroup => return true,
+            }
+            previous = Some(tag);
+        }
+        false
+    }
+
+    /// [`Self::needs_walk`] for a `google.protobuf.Any`: its payload is scanned as the type its
+    /// `type_url` names. `canonicalize` rewrites an `Any` as a non-empty `type_url` (1) then a
+    /// non-empty `value` (2), as prost writes it; any other shape says yes.
+    fn any_needs_walk(&self, mut buf: &[u8]) -> bool {
+        let mut type_url: Option<&[u8]> = None;
+        let mut value: Option<&[u8]> = None;
+        while buf.has_remaining() {
+            let Ok((tag, WireType::LengthDelimited)) = decode_key(&mut buf) else {
+                return true;
+            };
+            let Some((payload, rest)) = delimited(buf) else {
+                return true;
+            };
+            buf = rest;
+            match tag {
+                1 if type_url.is_none() && value.is_none() && !payload.is_empty() => {
+                    type_url = Some(payload);
+                }
+                2 if value.is_none() && !payload.is_empty() => value = Some(payload),
+                _ => return true,
+            }
+        }
+        let Some(value) = value else {
+            return false;
+        };
+        let Some(type_url) = type_url.and_then(|u| std::str::from_utf8(u).ok()) else {
+            return true;
+        };
+        let type_name = type_url.rsplit('/').next().unwrap_or_default();
+        match self.by_name.get(type_name) {
+            Some(&t) => self.needs_walk(t, value),
+            // `canonicalize` keeps the payload of a type it does not know as it is.
+            None => false,
+        }
+    }
+}
+
+/// A length-delimited payload at the start of `buf`, and the rest.
+fn delimited(mut buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+    split(buf, len)
 }
 
 /// Canonicalize the encoding of a message of type `descriptor`. Bytes that cannot be walked
@@ -194,6 +399,58 @@ mod tests {
         // Still the same message.
         let decoded = RouteConfiguration::decode(reference.as_slice()).unwrap();
         assert_eq!(decoded, config(&names));
+    }
+
+    #[test]
+    fn only_a_map_with_two_entries_needs_the_walk() {
+        let table = &*TYPES;
+        let t = table.by_name["envoy.config.route.v3.RouteConfiguration"];
+        let one = config(&["only"]).encode_to_vec();
+        let two = config(&["a", "b"]).encode_to_vec();
+        assert!(!table.needs_walk(t, &one));
+        assert!(table.needs_walk(t, &two));
+        // Types that cannot reach a map are never scanned.
+        let duration = table.by_name["google.protobuf.Duration"];
+        assert!(!table.types[duration].may_hold_maps);
+        // An Any can hold anything; so can what holds one.
+        let filter = table.by_name["envoy.config.listener.v3.Filter"];
+        assert!(table.types[filter].may_hold_maps);
+        // Bytes that do not parse are left to the walk (which keeps them as they are).
+        assert!(table.needs_walk(t, &[0x0a, 0x05, b'x']));
+    }
+
+    #[test]
+    fn a_two_entry_map_inside_an_any_is_found() {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        let mut options = HashMap::new();
+        for name in ["x", "y"] {
+            options.insert(
+                name.to_string(),
+                envoy_types::util::pack_any(config(&["p", "q"])),
+            );
+        }
+        let cluster = Cluster {
+            name: "c".into(),
+            typed_extension_protocol_options: options,
+            ..Default::default()
+        };
+        let table = &*TYPES;
+        let t = table.by_name["envoy.config.cluster.v3.Cluster"];
+        assert!(table.needs_walk(t, &cluster.encode_to_vec()));
+        let reference = encode(&cluster);
+        let mut single = cluster.clone();
+        single.typed_extension_protocol_options.remove("y");
+        // One entry outside, but two inside the Any's payload.
+        assert!(table.needs_walk(t, &single.encode_to_vec()));
+        for _ in 0..5 {
+            let mut again = cluster.clone();
+            again.typed_extension_protocol_options = cluster
+                .typed_extension_protocol_options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            assert_eq!(encode(&again), reference);
+        }
     }
 
     #[test]
