@@ -11,4 +11,7 @@
 pub mod factor;
 pub mod server;
 
-pub use server::{serve, serve_on, Algorithm, BackendConfig, BackendError, VERSION_HEADER};
+pub use server::{
+    serve, serve_on, serve_on_observed, Algorithm, BackendConfig, BackendError, Observation,
+    Observer, VERSION_HEADER,
+};

@@ -12,6 +12,10 @@
 //! (target `shadowplane::backend`): method, path, status, elapsed time and Host (mirrored
 //! requests arrive with Envoy's `-shadow` Host suffix, so they stand out in the log).
 //!
+//! [`serve_on_observed`] also reports every answered request to an [`Observer`] (what the
+//! demo uses to count, per version, the requests received, the mirrored ones and their
+//! service time).
+//!
 //! Factoring runs on tokio's blocking pool, at most one computation per CPU at a time (the
 //! others wait their turn), so a slow factorization never stalls the other routes.
 
@@ -148,7 +152,28 @@ pub async fn serve_on(
     cfg: BackendConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BackendError> {
-    let state = Arc::new(State::new(&cfg)?);
+    serve_state(listener, &cfg, State::new(&cfg)?, shutdown).await
+}
+
+/// [`serve_on`], reporting every answered request to `observer` (after the response is
+/// built, before it is sent).
+pub async fn serve_on_observed(
+    listener: TcpListener,
+    cfg: BackendConfig,
+    observer: Observer,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BackendError> {
+    let state = State::new(&cfg)?.with_observer(observer);
+    serve_state(listener, &cfg, state, shutdown).await
+}
+
+async fn serve_state(
+    listener: TcpListener,
+    cfg: &BackendConfig,
+    state: State,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BackendError> {
+    let state = Arc::new(state);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(
             target: "shadowplane::backend",
@@ -205,14 +230,45 @@ pub async fn serve_on(
 /// A request body's error, boxed (what [`Limited`] needs).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What every request shares.
+/// One answered request, as an [`Observer`] sees it.
 #[derive(Debug)]
+pub struct Observation<'a> {
+    /// The instance name (`--name`).
+    pub backend: &'a str,
+    pub method: &'a Method,
+    pub path: &'a str,
+    /// The Host header (or the URI authority): mirrored copies carry Envoy's `-shadow` suffix.
+    pub host: &'a str,
+    /// The `x-request-id` header, which a mirrored copy shares with its primary.
+    pub request_id: Option<&'a str>,
+    pub status: StatusCode,
+    /// From the request's arrival to the response being ready (queueing for a CPU included).
+    pub elapsed: Duration,
+    /// The response body.
+    pub body: &'a Bytes,
+}
+
+/// Called for every answered request; must be quick (it runs on the request's task).
+pub type Observer = Arc<dyn Fn(&Observation<'_>) + Send + Sync>;
+
+/// What every request shares.
 pub struct State {
     name: String,
     version_header: HeaderValue,
     algorithm: Algorithm,
     /// One factorization per CPU at a time.
     compute: Semaphore,
+    observer: Option<Observer>,
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("State")
+            .field("name", &self.name)
+            .field("algorithm", &self.algorithm)
+            .field("observed", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl State {
@@ -227,7 +283,14 @@ impl State {
             version_header,
             algorithm: cfg.algorithm,
             compute: Semaphore::new(cpus),
+            observer: None,
         })
+    }
+
+    /// Report every answered request to `observer`.
+    pub fn with_observer(mut self, observer: Observer) -> State {
+        self.observer = Some(observer);
+        self
     }
 }
 
@@ -247,10 +310,35 @@ where
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
+    let request_id = state.observer.as_ref().and_then(|_| {
+        req.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
     let mut resp = route(state, req).await;
     resp.headers_mut()
         .insert(VERSION_HEADER, state.version_header.clone());
     let elapsed = start.elapsed();
+    if let Some(observer) = &state.observer {
+        let (parts, body) = resp.into_parts();
+        // A `Full` body is one chunk that is already there; collecting it cannot fail.
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(never) => match never {},
+        };
+        observer(&Observation {
+            backend: &state.name,
+            method: &method,
+            path: &path,
+            host: &host,
+            request_id: request_id.as_deref(),
+            status: parts.status,
+            elapsed,
+            body: &bytes,
+        });
+        resp = Response::from_parts(parts, Full::new(bytes));
+    }
     tracing::info!(
         target: "shadowplane::backend",
         backend = %state.name,
@@ -572,6 +660,44 @@ mod tests {
             .expect("full body")
             .to_bytes();
         (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_observer_sees_every_answer_and_the_client_gets_it_unchanged() {
+        type Seen = (String, String, String, Option<String>, u16, String);
+        let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Arc::default();
+        let sink = seen.clone();
+        let observer: Observer = Arc::new(move |o: &Observation<'_>| {
+            sink.lock().expect("not poisoned").push((
+                o.backend.to_string(),
+                o.path.to_string(),
+                o.host.to_string(),
+                o.request_id.map(str::to_string),
+                o.status.as_u16(),
+                String::from_utf8_lossy(o.body).into_owned(),
+            ));
+        });
+        let state = state(Algorithm::PollardRho).with_observer(observer);
+        let (status, body) = get(&state, Method::GET, "/factor/12", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("\"factors\":[2,2,3]"), "{body}");
+        let (status, _) = get(&state, Method::GET, "/factor/zero", "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let seen = seen.lock().expect("not poisoned").clone();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(
+            seen[0],
+            (
+                "v9".to_string(),
+                "/factor/12".to_string(),
+                "calc.example".to_string(),
+                Some("abc".to_string()),
+                200,
+                body
+            )
+        );
+        assert_eq!(seen[1].4, 400);
+        assert!(format!("{state:?}").contains("observed: true"));
     }
 
     #[test]
