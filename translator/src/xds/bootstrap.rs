@@ -114,6 +114,47 @@ pub fn static_bootstrap(model: &Model, opts: &BootstrapOptions) -> bootstrap_v3:
             clusters,
             ..Default::default()
         }),
+        stats_config: Some(stats_config()),
+        ..Default::default()
+    }
+}
+
+/// Stat tags that keep whole Istio cluster names, as Istio's own bootstrap does.
+///
+/// Envoy's default `envoy.cluster_name` tag stops at the first dot, so
+/// `cluster.outbound|8080|v1|calc.ns.svc.cluster.local.upstream_rq_total` would become the metric
+/// `envoy_cluster_ns_svc_cluster_local_upstream_rq_total` with `envoy_cluster_name=
+/// "outbound|8080|v1|calc"`. With these tags it is `envoy_cluster_upstream_rq_total` with the
+/// full cluster name, exactly as the forwarder's `/metrics` names it, so one query compares
+/// versions on both. The default tags are turned off because Envoy would apply its own
+/// cluster-name regex first; the other defaults we rely on are listed (empty regex = Envoy's).
+pub fn stats_config() -> envoy_types::pb::envoy::config::metrics::v3::StatsConfig {
+    use envoy_types::pb::envoy::config::metrics::v3::{
+        tag_specifier::TagValue, StatsConfig, TagSpecifier,
+    };
+    let tag = |name: &str, regex: Option<&str>| TagSpecifier {
+        tag_name: name.to_string(),
+        tag_value: regex.map(|r| TagValue::Regex(r.to_string())),
+    };
+    StatsConfig {
+        use_all_default_tags: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        stats_tags: vec![
+            tag(
+                "envoy.cluster_name",
+                Some(r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)"),
+            ),
+            tag(
+                "envoy.http_conn_manager_prefix",
+                Some(
+                    r"^(?:listener\.(?:[0-9.]+_[0-9]+|[^.]+)\.)?http\.(((?:inbound|outbound)_[^_]*_[0-9]+|[^.]+)\.)",
+                ),
+            ),
+            tag("envoy.response_code", None),
+            tag("envoy.response_code_class", None),
+            tag("envoy.listener_address", None),
+            tag("envoy.virtual_host", None),
+            tag("envoy.virtual_cluster", None),
+        ],
         ..Default::default()
     }
 }
@@ -172,6 +213,7 @@ pub fn ads_bootstrap(opts: &AdsBootstrapOptions) -> bootstrap_v3::Bootstrap {
             clusters: vec![build_xds_cluster(&opts.xds_address, opts.xds_port)],
             ..Default::default()
         }),
+        stats_config: Some(stats_config()),
         ..Default::default()
     }
 }
@@ -475,5 +517,35 @@ mod tests {
             cluster_v3::cluster::DiscoveryType::StrictDns as i32,
             "a host name needs DNS"
         );
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    /// Envoy's default cluster-name tag would cut `outbound|8080|v1|calc.ns.svc.cluster.local`
+    /// at its first dot; both bootstraps carry Istio's regex instead, with the defaults off.
+    #[test]
+    fn bootstraps_keep_whole_cluster_names_in_stat_tags() {
+        for stats in [
+            static_bootstrap(&Model::default(), &BootstrapOptions::default()).stats_config,
+            ads_bootstrap(&AdsBootstrapOptions::default()).stats_config,
+        ] {
+            let stats = stats.expect("stats_config is set");
+            assert_eq!(stats.use_all_default_tags.map(|b| b.value), Some(false));
+            let cluster = stats
+                .stats_tags
+                .iter()
+                .find(|t| t.tag_name == "envoy.cluster_name")
+                .expect("a cluster-name tag");
+            let Some(envoy_types::pb::envoy::config::metrics::v3::tag_specifier::TagValue::Regex(
+                re,
+            )) = &cluster.tag_value
+            else {
+                panic!("cluster-name tag has no regex: {cluster:?}");
+            };
+            assert!(re.contains(r"\.svc\.cluster\.local"), "{re}");
+        }
     }
 }
