@@ -5,6 +5,7 @@ pub mod app;
 pub mod backend;
 pub mod config_files;
 pub mod config_source;
+pub mod demo;
 pub mod forwarder;
 pub mod metrics;
 pub mod xds;

@@ -2,6 +2,7 @@
 //! commands.
 
 mod backend;
+mod demo;
 mod forward;
 mod output;
 mod serve;
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 pub use backend::BackendArgs;
+pub use demo::DemoArgs;
 pub use forward::ForwardArgs;
 pub use serve::ServeArgs;
 pub use translate::TranslateArgs;
@@ -74,6 +76,9 @@ pub enum Command {
     /// Proxy HTTP like Envoy from the same xDS (or Istio YAML), mirroring included
     #[command(after_help = forward::AFTER_HELP)]
     Forward(ForwardArgs),
+    /// Play the calc walkthrough end to end (serve, backends, data plane, traffic), nothing to install
+    #[command(after_help = demo::AFTER_HELP)]
+    Demo(DemoArgs),
 }
 
 /// Where the Istio YAML comes from (shared by every command).
@@ -141,6 +146,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(&args),
         Command::Backend(args) => backend::run(&args),
         Command::Forward(args) => forward::run(&args),
+        Command::Demo(args) => demo::run(&args),
     }
 }
 
