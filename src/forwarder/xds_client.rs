@@ -7,7 +7,10 @@
 //! ACKed and handed to `on_table`, a bad one is NACKed with an `error_detail` listing each
 //! [`CompileError`] (resource, field path, message) and the previous table stays in service.
 //!
-//! The first table is handed over once listeners and clusters have both been accepted. When
+//! The first table is handed over once listeners and clusters have both been accepted and,
+//! like Envoy's listener and cluster warming, once the route configurations the listeners
+//! name and the endpoints of the EDS clusters have arrived (or the server has said they do not
+//! exist): the listeners are not bound before they can route. When
 //! the server goes away the client keeps its resources (the data plane keeps serving the last
 //! table) and reconnects with jittered exponential back-off (100 ms → 5 s); a delta
 //! reconnect sends `initial_resource_versions` so the server only sends what changed.
@@ -288,6 +291,21 @@ struct State {
     accepted: [bool; 4],
     /// The first table has been handed over.
     published: bool,
+    /// RDS and EDS names the server answered as not existing (delta `removed_resources`, or
+    /// requested and missing from a state-of-the-world response): warming does not wait for
+    /// them.
+    absent: [BTreeSet<String>; 4],
+}
+
+/// Whether every route configuration the listeners name and every ClusterLoadAssignment of
+/// an EDS cluster is there or known to be absent (Envoy's warming before the first use).
+fn warm(res: &XdsResources, absent: &[BTreeSet<String>; 4]) -> bool {
+    [Ty::Rds, Ty::Eds].into_iter().all(|ty| {
+        let have: BTreeSet<String> = names_of(res, ty).into_iter().collect();
+        wanted(res, ty)
+            .iter()
+            .all(|n| have.contains(n) || absent[ty as usize].contains(n))
+    })
 }
 
 /// The route configuration names the accepted listeners reference.
@@ -464,9 +482,10 @@ fn accept<F: Fn(Arc<Table>)>(
     on_table: &F,
 ) -> Result<(), Vec<CompileError>> {
     let table = compile(&candidate)?;
+    let ready = state.published || warm(&candidate, &state.absent);
     state.res = candidate;
     state.accepted[ty as usize] = true;
-    if state.accepted[Ty::Lds as usize] && state.accepted[Ty::Cds as usize] {
+    if state.accepted[Ty::Lds as usize] && state.accepted[Ty::Cds as usize] && ready {
         state.published = true;
         let versions = table.versions.clone();
         on_table(Arc::new(table));
@@ -665,6 +684,13 @@ fn delta_apply<F: Fn(Arc<Table>)>(
         remove(&mut candidate, ty, name);
         versions.remove(name);
     }
+    if !ty.wildcard() {
+        let absent = &mut state.absent[ty as usize];
+        for r in &resp.resources {
+            absent.remove(&r.name);
+        }
+        absent.extend(resp.removed_resources.iter().cloned());
+    }
     let version = if resp.system_version_info.is_empty() {
         resp.nonce.clone()
     } else {
@@ -785,7 +811,7 @@ async fn sotw_session<F: Fn(Arc<Table>)>(
             .as_ref()
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
-        match sotw_apply(state, ty, &resp, status, on_table) {
+        match sotw_apply(state, ty, &resp, &names, status, on_table) {
             Ok(()) => {
                 accepted_versions[i] = resp.version_info.clone();
                 let _ = tx.send(DiscoveryRequest {
@@ -843,6 +869,7 @@ fn sotw_apply<F: Fn(Arc<Table>)>(
     state: &mut State,
     ty: Ty,
     resp: &DiscoveryResponse,
+    requested: &[String],
     status: &ClientStatus,
     on_table: &F,
 ) -> Result<(), Vec<CompileError>> {
@@ -861,6 +888,15 @@ fn sotw_apply<F: Fn(Arc<Table>)>(
     }
     if !errors.is_empty() {
         return Err(errors);
+    }
+    if !ty.wildcard() {
+        // A state-of-the-world answer covers every name requested: what it lacks is absent.
+        let have: BTreeSet<String> = names_of(&candidate, ty).into_iter().collect();
+        state.absent[ty as usize] = requested
+            .iter()
+            .filter(|n| !have.contains(*n))
+            .cloned()
+            .collect();
     }
     set_version(&mut candidate, ty, &resp.version_info);
     accept(state, ty, candidate, status, on_table)
@@ -887,6 +923,82 @@ mod tests {
         }
         assert!(backoff(i, m, 0, &mut rng) <= Duration::from_millis(100));
         assert!(backoff(i, m, 25, &mut rng) >= Duration::from_millis(2500));
+    }
+
+    fn seed_resources() -> XdsResources {
+        let t = shadowplane_translator::translate_files(
+            &[shadowplane_translator::SourceFile {
+                path: "x.yaml".into(),
+                text: std::fs::read_to_string(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/testdata/translate/seed-calc-mirror/input/service-entry.yaml"
+                ))
+                .expect("test input"),
+            }],
+            &shadowplane_translator::Options::default(),
+        );
+        XdsResources::from_translator(&t.resources, "1")
+    }
+
+    /// Regression: the first table used to be handed over as soon as listeners and clusters
+    /// were accepted, so the forwarder bound its listeners and answered 404 until the route
+    /// configuration arrived (Envoy keeps a listener warming until its RDS is there).
+    #[test]
+    fn the_first_table_waits_for_the_routes_and_endpoints_it_needs() {
+        let full = seed_resources();
+        assert!(!full.routes.is_empty() && !full.endpoints.is_empty());
+        let tables = Mutex::new(Vec::<Arc<Table>>::new());
+        let on_table = |t: Arc<Table>| tables.lock().expect("lock").push(t);
+        let status = ClientStatus::default();
+        let mut state = State::default();
+
+        // Clusters and endpoints, then listeners: no routes yet, nothing handed over.
+        let mut c = state.res.clone();
+        c.clusters = full.clusters.clone();
+        accept(&mut state, Ty::Cds, c, &status, &on_table).expect("clusters compile");
+        let mut c = state.res.clone();
+        c.endpoints = full.endpoints.clone();
+        accept(&mut state, Ty::Eds, c, &status, &on_table).expect("endpoints compile");
+        let mut c = state.res.clone();
+        c.listeners = full.listeners.clone();
+        accept(&mut state, Ty::Lds, c, &status, &on_table).expect("listeners compile");
+        assert!(
+            tables.lock().expect("lock").is_empty(),
+            "handed over before RDS"
+        );
+        assert!(!state.published);
+
+        // The routes arrive: the first table, with them.
+        let mut c = state.res.clone();
+        c.routes = full.routes.clone();
+        accept(&mut state, Ty::Rds, c, &status, &on_table).expect("routes compile");
+        let got = tables.lock().expect("lock").clone();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].route_configs.contains_key("8080"));
+        assert_eq!(status.view().tables, 1);
+
+        // Later updates are handed over right away, even while a new RDS is pending.
+        let mut c = state.res.clone();
+        c.routes.clear();
+        accept(&mut state, Ty::Rds, c, &status, &on_table).expect("compiles");
+        assert_eq!(tables.lock().expect("lock").len(), 2);
+    }
+
+    #[test]
+    fn warming_does_not_wait_for_what_the_server_says_is_absent() {
+        let full = seed_resources();
+        let mut absent: [BTreeSet<String>; 4] = Default::default();
+        let mut res = full.clone();
+        res.routes.clear();
+        assert!(!warm(&res, &absent));
+        absent[Ty::Rds as usize].insert("8080".to_string());
+        assert!(warm(&res, &absent));
+        res.endpoints.clear();
+        assert!(
+            !warm(&res, &absent),
+            "EDS clusters wait for their endpoints"
+        );
+        assert!(warm(&full, &Default::default()));
     }
 
     #[test]
