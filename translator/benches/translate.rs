@@ -105,11 +105,64 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// CPU time this thread has run, from `/proc/thread-self/schedstat` (nanoseconds, first
+/// field): unlike wall time, it does not count the time spent waiting for a core that the
+/// other builds on the machine took.
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// A point in time, by the wall clock and by this thread's CPU time.
+#[derive(Clone, Copy)]
+struct Mark {
+    wall: Instant,
+    cpu: Option<Duration>,
+}
+
+impl Mark {
+    fn now() -> Mark {
+        Mark {
+            wall: Instant::now(),
+            cpu: thread_cpu(),
+        }
+    }
+
+    fn since(self, start: Mark) -> Time {
+        Time {
+            wall: self.wall - start.wall,
+            cpu: self.cpu.zip(start.cpu).map(|(end, start)| end - start),
+        }
+    }
+}
+
+/// How long a phase took.
+#[derive(Clone, Copy, Default)]
+struct Time {
+    wall: Duration,
+    cpu: Option<Duration>,
+}
+
+impl std::ops::Add for Time {
+    type Output = Time;
+    fn add(self, other: Time) -> Time {
+        Time {
+            wall: self.wall + other.wall,
+            cpu: self.cpu.zip(other.cpu).map(|(a, b)| a + b),
+        }
+    }
+}
+
 /// Resident-set readings (KiB) around the phases of the first round.
 #[derive(Default, Clone, Copy)]
 struct Memory {
     /// Before parsing: the input text, the binary, the descriptor pool (forced beforehand).
     start: Option<u64>,
+    /// Resident after each headline phase (what it built is still alive).
+    after_parse: Option<u64>,
+    after_translate: Option<u64>,
+    after_encode: Option<u64>,
     /// Peak during parse + translate + encode.
     headline_peak: Option<u64>,
     /// Peak during JSON printing (what the headline left alive, plus the printer's own).
@@ -117,10 +170,10 @@ struct Memory {
 }
 
 struct Round {
-    parse: Duration,
-    translate: Duration,
-    encode: Duration,
-    json: Duration,
+    parse: Time,
+    translate: Time,
+    encode: Time,
+    json: Time,
     encoded_bytes: usize,
     json_bytes: usize,
     counts: [usize; 4],
@@ -140,39 +193,46 @@ fn encode_all(r: &Resources) -> Vec<Vec<u8>> {
     out
 }
 
-fn round(files: &[SourceFile], options: &Options, measure_memory: bool) -> Round {
+fn round(files: &[SourceFile], options: &Options, measure_memory: bool, json: bool) -> Round {
     let mut memory = Memory::default();
     let tracking = measure_memory && reset_peak_rss();
-    if tracking {
-        memory.start = status_kib("VmRSS");
-    }
-    let start = Instant::now();
+    let rss = |enabled: bool| if enabled { status_kib("VmRSS") } else { None };
+    memory.start = rss(tracking);
+    let start = Mark::now();
     let parsed = parse::parse_files(files);
-    let parsed_at = Instant::now();
+    let parsed_at = Mark::now();
+    memory.after_parse = rss(tracking);
+    let translated_from = Mark::now();
     let translation = translate(&parsed, options);
-    let translated_at = Instant::now();
+    let translated_at = Mark::now();
+    memory.after_translate = rss(tracking);
+    let encoded_from = Mark::now();
     let encoded = encode_all(&translation.resources);
-    let encoded_at = Instant::now();
+    let encoded_at = Mark::now();
     if tracking {
+        memory.after_encode = status_kib("VmRSS");
         memory.headline_peak = status_kib("VmHWM");
         reset_peak_rss();
     }
-    let json_start = Instant::now();
-    let mut json = Vec::new();
-    // Writing to a Vec cannot fail.
-    print::write_resources_json(&translation.resources, &mut json).expect("writing JSON to memory");
-    let json_at = Instant::now();
-    if tracking {
+    let json_from = Mark::now();
+    let mut output = Vec::new();
+    if json {
+        // Writing to a Vec cannot fail.
+        print::write_resources_json(&translation.resources, &mut output)
+            .expect("writing JSON to memory");
+    }
+    let json_at = Mark::now();
+    if tracking && json {
         memory.json_peak = status_kib("VmHWM");
     }
     let r = &translation.resources;
     let result = Round {
-        parse: parsed_at - start,
-        translate: translated_at - parsed_at,
-        encode: encoded_at - translated_at,
-        json: json_at - json_start,
+        parse: parsed_at.since(start),
+        translate: translated_at.since(translated_from),
+        encode: encoded_at.since(encoded_from),
+        json: json_at.since(json_from),
         encoded_bytes: encoded.iter().map(Vec::len).sum(),
-        json_bytes: json.len(),
+        json_bytes: output.len(),
         counts: [
             r.listeners.len(),
             r.routes.len(),
@@ -188,7 +248,7 @@ fn round(files: &[SourceFile], options: &Options, measure_memory: bool) -> Round
             .collect(),
         memory,
     };
-    drop((json, encoded, translation, parsed));
+    drop((output, encoded, translation, parsed));
     result
 }
 
@@ -197,8 +257,18 @@ fn median(mut values: Vec<Duration>) -> Duration {
     values[values.len() / 2]
 }
 
+/// "wall (cpu)" in milliseconds: medians over the rounds, each taken on its own.
+fn cell(times: Vec<Time>) -> String {
+    let wall = median(times.iter().map(|t| t.wall).collect());
+    let cpu: Option<Vec<Duration>> = times.iter().map(|t| t.cpu).collect();
+    match cpu {
+        Some(cpu) => format!("{} ({})", ms(wall), ms(median(cpu))),
+        None => ms(wall),
+    }
+}
+
 fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
+    format!("{:.0}", d.as_secs_f64() * 1000.0)
 }
 
 fn mib(kib: Option<u64>) -> String {
@@ -210,6 +280,7 @@ fn main() {
     let mut services = vec![1_000usize, 10_000];
     let mut rounds = 5usize;
     let mut header = true;
+    let mut json = true;
     let mut args = std::env::args().skip(1);
     let mut explicit = Vec::new();
     while let Some(arg) = args.next() {
@@ -226,6 +297,8 @@ fn main() {
                     .unwrap_or_else(|| usage("--rounds needs a positive number"));
             }
             "--no-header" => header = false,
+            // For profiling the headline phases alone.
+            "--no-json" => json = false,
             // `cargo bench` passes `--bench`; libtest filters do not apply here.
             "--bench" => {}
             other => usage(&format!("unknown argument {other:?}")),
@@ -237,13 +310,15 @@ fn main() {
     if header {
         println!(
             "Headline = parse + translate + encode (canonical protobuf, as serve does); JSON printing is its own column.\n\
-             Times: median of {rounds} rounds. RSS: first round; \"start\" = before parsing (input text loaded), \
-             \"peak\" = VmHWM during the phases.\n"
+             Times in ms: median wall time of {rounds} rounds (median CPU time of this thread in parentheses: \
+             the wall time minus the waits for a core other processes had).\n\
+             RSS in MiB, first round: before parsing (input text loaded); resident after parse / translate / \
+             encode (all kept alive, as serve does); VmHWM peak of the headline phases; VmHWM peak while printing JSON.\n"
         );
         println!(
-            "| services | input MiB | parse ms | translate ms | encode ms | **headline ms** | RSS start MiB | **headline peak RSS MiB** | JSON ms | JSON peak RSS MiB | encoded MiB | JSON MiB | listeners/routes/clusters/CLAs |"
+            "| services | input MiB | parse | translate | encode | **headline** | RSS before | RSS after parse / translate / encode | **headline peak RSS** | JSON | JSON peak RSS | encoded MiB | JSON MiB | listeners/routes/clusters/CLAs |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     }
     let options = Options::default();
     // Untimed: the descriptor pool is decoded once per process, on first use.
@@ -253,7 +328,7 @@ fn main() {
         let input_bytes: usize = files.iter().map(|f| f.text.len()).sum();
         let mut results = Vec::with_capacity(rounds);
         for i in 0..rounds {
-            results.push(round(&files, &options, i == 0));
+            results.push(round(&files, &options, i == 0, json));
         }
         let first = &results[0];
         if !first.errors.is_empty() {
@@ -272,28 +347,32 @@ fn main() {
             );
             std::process::exit(1);
         }
-        let per = |f: fn(&Round) -> Duration| median(results.iter().map(f).collect());
+        let per = |f: fn(&Round) -> Time| cell(results.iter().map(f).collect());
         let memory = first.memory;
+        let json_cell = |text: String| if json { text } else { "-".to_string() };
         println!(
-            "| {n} | {:.1} | {} | {} | {} | **{}** | {} | **{}** | {} | {} | {:.1} | {:.1} | {l}/{r}/{c}/{e} |",
+            "| {n} | {:.1} | {} | {} | {} | **{}** | {} | {} / {} / {} | **{}** | {} | {} | {:.1} | {} | {l}/{r}/{c}/{e} |",
             input_bytes as f64 / (1024.0 * 1024.0),
-            ms(per(|r| r.parse)),
-            ms(per(|r| r.translate)),
-            ms(per(|r| r.encode)),
-            ms(per(|r| r.parse + r.translate + r.encode)),
+            per(|r| r.parse),
+            per(|r| r.translate),
+            per(|r| r.encode),
+            per(|r| r.parse + r.translate + r.encode),
             mib(memory.start),
+            mib(memory.after_parse),
+            mib(memory.after_translate),
+            mib(memory.after_encode),
             mib(memory.headline_peak),
-            ms(per(|r| r.json)),
-            mib(memory.json_peak),
+            json_cell(per(|r| r.json)),
+            json_cell(mib(memory.json_peak)),
             first.encoded_bytes as f64 / (1024.0 * 1024.0),
-            first.json_bytes as f64 / (1024.0 * 1024.0),
+            json_cell(format!("{:.1}", first.json_bytes as f64 / (1024.0 * 1024.0))),
         );
     }
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "{problem}\nusage: translate [--services N]... [--rounds R] [--no-header]\n\
+        "{problem}\nusage: translate [--services N]... [--rounds R] [--no-header] [--no-json]\n\
          (default: --services 1000 --services 10000 --rounds 5)"
     );
     std::process::exit(2);
