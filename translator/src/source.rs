@@ -4,7 +4,7 @@
 //! Pure: the caller reads files; this module only parses strings.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::diag::{Diagnostic, Location, ResourceRef};
 use crate::istio::{ObjectMeta, Spec};
@@ -22,7 +22,108 @@ pub struct SourceFile {
 /// For a mapping key the position is the key's, so an unknown field points at its name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PathIndex {
-    pub positions: BTreeMap<String, (u32, u32)>,
+    pub positions: Positions,
+}
+
+/// Field path → (line, column) of one document.
+///
+/// Positions are only read for diagnostics, yet indexing every node of every document was
+/// most of the parse's time and memory. So a document that parsed without a problem gets a
+/// deferred index: its file's text, indexed on the first lookup into any of its documents
+/// (one more pass over the file, with the same parser and index builder, so the same
+/// positions). Documents with a problem, and indexes built by hand, hold their map.
+#[derive(Clone, Default)]
+pub struct Positions(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Built(BTreeMap<String, (u32, u32)>),
+    Deferred {
+        file: Arc<DeferredFile>,
+        document: usize,
+    },
+}
+
+impl Default for Repr {
+    fn default() -> Self {
+        Repr::Built(BTreeMap::new())
+    }
+}
+
+/// Field path → (line, column).
+pub(crate) type PositionMap = BTreeMap<String, (u32, u32)>;
+
+/// A file whose documents' position indexes are built on first use.
+pub(crate) struct DeferredFile {
+    text: Box<str>,
+    /// Document number → its positions.
+    indexes: OnceLock<BTreeMap<usize, PositionMap>>,
+}
+
+impl DeferredFile {
+    pub(crate) fn new(text: &str) -> DeferredFile {
+        DeferredFile {
+            text: text.into(),
+            indexes: OnceLock::new(),
+        }
+    }
+
+    fn positions(&self, document: usize) -> &BTreeMap<String, (u32, u32)> {
+        static NONE: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+        let indexes = self
+            .indexes
+            .get_or_init(|| crate::parse::index_documents(&self.text));
+        indexes.get(&document).unwrap_or(&NONE)
+    }
+}
+
+impl Positions {
+    /// A document of `file` whose index is built on first use.
+    pub(crate) fn deferred(file: &Arc<DeferredFile>, document: usize) -> Positions {
+        Positions(Repr::Deferred {
+            file: file.clone(),
+            document,
+        })
+    }
+
+    /// The position recorded for exactly this path.
+    pub fn get(&self, path: &str) -> Option<&(u32, u32)> {
+        self.map().get(path)
+    }
+
+    /// The map itself (a copy for a deferred index).
+    pub(crate) fn into_map(self) -> BTreeMap<String, (u32, u32)> {
+        match self.0 {
+            Repr::Built(map) => map,
+            Repr::Deferred { .. } => self.map().clone(),
+        }
+    }
+
+    /// Every path with its position.
+    pub fn map(&self) -> &BTreeMap<String, (u32, u32)> {
+        match &self.0 {
+            Repr::Built(map) => map,
+            Repr::Deferred { file, document } => file.positions(*document),
+        }
+    }
+}
+
+impl From<BTreeMap<String, (u32, u32)>> for Positions {
+    fn from(map: BTreeMap<String, (u32, u32)>) -> Self {
+        Positions(Repr::Built(map))
+    }
+}
+
+impl PartialEq for Positions {
+    fn eq(&self, other: &Self) -> bool {
+        self.map() == other.map()
+    }
+}
+
+impl std::fmt::Debug for Positions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.map().fmt(f)
+    }
 }
 
 impl PathIndex {

@@ -20,7 +20,9 @@ use serde_yaml::{Mapping, Value};
 
 use crate::diag::{Code, Diagnostic, Location, ResourceRef};
 use crate::istio::{ObjectMeta, Spec};
-use crate::source::{Origin, Parsed, Resource, SourceFile};
+use crate::source::{
+    DeferredFile, Origin, Parsed, PathIndex, PositionMap, Positions, Resource, SourceFile,
+};
 
 /// The `apiVersion`s accepted for the Istio kinds shadowplane translates.
 pub const ACCEPTED_API_VERSIONS: [&str; 3] = [
@@ -54,15 +56,53 @@ pub fn parse_file(path: &str, text: &str) -> Parsed {
 }
 
 /// Parse one file's documents into `out`, without the duplicate check.
+///
+/// Positions are only needed for diagnostics: the documents are loaded without them, and each
+/// resource gets a deferred index of its document, built from the file's text on first use.
+/// A document with a YAML problem (duplicate key, alias blow-up) needs them right away: then
+/// the file is loaded with its positions.
 fn parse_into(path: &str, text: &str, out: &mut Parsed) {
     let file: Arc<str> = Arc::from(path);
-    let loaded = yaml::load(text);
-    for doc in loaded.documents {
+    let (resources_before, diagnostics_before) = (out.resources.len(), out.diagnostics.len());
+    let mut deferred: Option<Arc<DeferredFile>> = None;
+    let fast = yaml::load_values(text, |doc| {
+        let file_index = deferred.get_or_insert_with(|| Arc::new(DeferredFile::new(text)));
+        let doc = yaml::Document {
+            number: doc.number,
+            value: doc.value,
+            index: PathIndex {
+                positions: Positions::deferred(file_index, doc.number),
+            },
+            problems: Vec::new(),
+        };
         parse_document(&file, doc, out);
-    }
-    if let Some(err) = loaded.error {
+    });
+    let error = match fast {
+        Ok(error) => error,
+        Err(yaml::NeedsPositions) => {
+            // Take back this file's documents and load it again, with positions.
+            out.resources.truncate(resources_before);
+            out.diagnostics.truncate(diagnostics_before);
+            let loaded = yaml::load(text);
+            for doc in loaded.documents {
+                parse_document(&file, doc, out);
+            }
+            loaded.error
+        }
+    };
+    if let Some(err) = error {
         out.diagnostics.push(syntax_diagnostic(path, text, &err));
     }
+}
+
+/// The position index of every document of `text` by document number, as [`parse_files`]
+/// would have built them (for [`Positions`] built on first use).
+pub(crate) fn index_documents(text: &str) -> BTreeMap<usize, PositionMap> {
+    yaml::load(text)
+        .documents
+        .into_iter()
+        .map(|doc| (doc.number, doc.index.positions.into_map()))
+        .collect()
 }
 
 fn syntax_diagnostic(path: &str, text: &str, err: &yaml::SyntaxError) -> Diagnostic {
@@ -500,20 +540,20 @@ fn parse_document(file: &Arc<str>, doc: yaml::Document, out: &mut Parsed) {
 /// Report and drop every resource whose kind/namespace/name was already seen (in input order):
 /// the first definition is kept.
 fn drop_duplicates(parsed: &mut Parsed) {
-    let mut first: BTreeMap<ResourceRef, Location> = BTreeMap::new();
-    let mut kept = Vec::with_capacity(parsed.resources.len());
+    // Reference → index of its first definition in `kept`.
+    let mut first: BTreeMap<ResourceRef, usize> = BTreeMap::new();
+    let mut kept: Vec<Resource> = Vec::with_capacity(parsed.resources.len());
     for resource in std::mem::take(&mut parsed.resources) {
         let reference = resource.reference();
-        let here = resource
-            .origin
-            .at("metadata.name")
-            .unwrap_or_else(|| Location {
-                file: resource.origin.file.to_string(),
-                line: 1,
-                column: 1,
-            });
         match first.get(&reference) {
-            Some(prev) => {
+            Some(&i) => {
+                // Looked up only now: a position may cost an index of the file.
+                let prev = &kept[i];
+                let prev = prev.origin.at("metadata.name").unwrap_or_else(|| Location {
+                    file: prev.origin.file.to_string(),
+                    line: 1,
+                    column: 1,
+                });
                 let d = Diagnostic::error(
                     Code::DuplicateResource,
                     format!(
@@ -525,7 +565,7 @@ fn drop_duplicates(parsed: &mut Parsed) {
                 parsed.diagnostics.push(resource.diag(d, "metadata.name"));
             }
             None => {
-                first.insert(reference, here);
+                first.insert(reference, kept.len());
                 kept.push(resource);
             }
         }

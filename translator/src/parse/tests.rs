@@ -1016,3 +1016,62 @@ fn byte_order_mark_and_crlf_line_endings() {
     assert_eq!(pos(&parsed.resources[0], "spec.host"), Some((6, 3)));
     assert_eq!(pos(&parsed.resources[0], "kind"), Some((2, 1)));
 }
+
+#[test]
+fn deferred_positions_are_the_positions_of_a_full_load() {
+    let mut deferred = 0;
+    for (name, text) in yaml::tests::corpus() {
+        let full = yaml::load(&text);
+        let parsed = parse_file(&name, &text);
+        for resource in &parsed.resources {
+            let expected = full
+                .documents
+                .iter()
+                .find(|d| d.number == resource.origin.document)
+                .map(|d| d.index.positions.map().clone())
+                .unwrap_or_default();
+            assert_eq!(
+                resource.origin.index.positions.map(),
+                &expected,
+                "{name}: document {}",
+                resource.origin.document
+            );
+            deferred += 1;
+        }
+    }
+    assert!(deferred > 100, "only {deferred} resources checked");
+}
+
+#[test]
+fn a_duplicate_key_in_a_later_document_keeps_each_resource_once() {
+    let text = "\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a}
+spec: {host: a}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: b}
+spec:
+  host: b
+  host: c
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d}
+spec: {host: d}
+";
+    let parsed = parse_file("dup.yaml", text);
+    let names: Vec<&str> = parsed.resources.iter().map(Resource::name).collect();
+    assert_eq!(names, ["a", "d"]);
+    let d = only(&parsed);
+    assert_eq!(d.code, Code::YamlSyntax);
+    assert_eq!(loc(d), ("dup.yaml", 11, 3));
+    assert_eq!(
+        d.message,
+        "invalid YAML: duplicate key \"host\" (first at line 10)"
+    );
+    // The positions of the other documents are those of the full load.
+    assert_eq!(pos(&parsed.resources[1], "spec.host"), Some((16, 8)));
+}

@@ -65,12 +65,69 @@ fn position(mark: &Marker) -> (u32, u32) {
 
 /// Load every document of `text`. Never panics; a syntax error ends the stream.
 pub(crate) fn load(text: &str) -> Loaded {
+    let mut documents = Vec::new();
+    let error = stream::<DocBuilder>(text, |doc| {
+        documents.push(doc);
+        true
+    });
+    Loaded { documents, error }
+}
+
+/// One document of a stream loaded without positions.
+#[derive(Debug, Clone)]
+pub(crate) struct ValueDocument {
+    /// 0-based number of the document in its file (empty documents count too).
+    pub number: usize,
+    pub value: Value,
+}
+
+/// A document has a problem (duplicate key, alias blow-up) that only [`load`] can report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NeedsPositions;
+
+/// [`load`] without the position index: the same documents and values, each handed to
+/// `each` as soon as it is complete (so a large file never has all its value trees at once),
+/// then the syntax error that ended the stream, if any. At a fraction of the cost: no paths,
+/// no positions. Stops with [`NeedsPositions`] at the first document with a problem; the
+/// documents already handed over are to be taken back and the file loaded with [`load`].
+pub(crate) fn load_values(
+    text: &str,
+    mut each: impl FnMut(ValueDocument),
+) -> Result<Option<SyntaxError>, NeedsPositions> {
+    let mut problem = false;
+    let error = stream::<ValueBuilder>(text, |doc| match doc {
+        Some(doc) => {
+            each(doc);
+            true
+        }
+        None => {
+            problem = true;
+            false
+        }
+    });
+    if problem {
+        Err(NeedsPositions)
+    } else {
+        Ok(error)
+    }
+}
+
+/// What turns one document's events into a result.
+trait Builder {
+    type Output;
+    fn start(number: usize, start: (u32, u32)) -> Self;
+    fn event(&mut self, event: Event, pos: (u32, u32));
+    fn finish(self) -> Self::Output;
+}
+
+/// Run `B` over every document of `text`, handing each result to `each`, until the end, the
+/// first syntax error (returned) or `each` returning `false`.
+fn stream<B: Builder>(text: &str, mut each: impl FnMut(B::Output) -> bool) -> Option<SyntaxError> {
     // A byte order mark (files saved by some Windows editors) is not part of the content;
     // editors do not count it as a column either.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut parser = Parser::new_from_str(text);
-    let mut documents = Vec::new();
-    let mut current: Option<DocBuilder> = None;
+    let mut current: Option<B> = None;
     let mut count = 0usize;
     let error = loop {
         let (event, mark) = match parser.next_token() {
@@ -88,12 +145,14 @@ pub(crate) fn load(text: &str) -> Loaded {
             Event::Nothing | Event::StreamStart => {}
             Event::StreamEnd => break None,
             Event::DocumentStart => {
-                current = Some(DocBuilder::new(count, position(&mark)));
+                current = Some(B::start(count, position(&mark)));
                 count += 1;
             }
             Event::DocumentEnd => {
                 if let Some(doc) = current.take() {
-                    documents.push(doc.finish());
+                    if !each(doc.finish()) {
+                        break None;
+                    }
                 }
             }
             other => {
@@ -103,7 +162,7 @@ pub(crate) fn load(text: &str) -> Loaded {
             }
         }
     };
-    Loaded { documents, error }
+    error
 }
 
 /// A map key waiting for its value.
@@ -157,8 +216,10 @@ struct Slot {
     record: bool,
 }
 
-impl DocBuilder {
-    fn new(number: usize, start: (u32, u32)) -> Self {
+impl Builder for DocBuilder {
+    type Output = Document;
+
+    fn start(number: usize, start: (u32, u32)) -> Self {
         DocBuilder {
             number,
             start,
@@ -172,17 +233,25 @@ impl DocBuilder {
         }
     }
 
+    fn event(&mut self, event: Event, pos: (u32, u32)) {
+        self.on_event(event, pos);
+    }
+
     fn finish(self) -> Document {
         let mut positions = self.positions;
         positions.entry(String::new()).or_insert(self.start);
         Document {
             number: self.number,
             value: self.root.unwrap_or(Value::Null),
-            index: PathIndex { positions },
+            index: PathIndex {
+                positions: positions.into(),
+            },
             problems: self.problems,
         }
     }
+}
 
+impl DocBuilder {
     /// Decide the path of a node starting at `pos`. A scalar's position is recorded here; a
     /// collection's when its first child starts (see [`Frame::unrecorded`]): yaml-rust2 marks
     /// a block mapping's start at its first `:`, not at its first key.
@@ -223,7 +292,7 @@ impl DocBuilder {
         }
     }
 
-    fn event(&mut self, event: Event, pos: (u32, u32)) {
+    fn on_event(&mut self, event: Event, pos: (u32, u32)) {
         match event {
             Event::Scalar(text, style, anchor, tag) => {
                 let slot = self.slot(pos);
@@ -377,6 +446,150 @@ impl DocBuilder {
     }
 }
 
+/// [`DocBuilder`] without paths and positions: the same value from the same events (anchors,
+/// aliases and their node budget, tags, first-wins duplicate keys), and `None` as soon as
+/// the document has a problem, which only [`DocBuilder`] can report.
+struct ValueBuilder {
+    number: usize,
+    stack: Vec<ValueFrame>,
+    root: Option<Value>,
+    /// Anchored values and their node counts.
+    anchors: BTreeMap<usize, (Value, usize)>,
+    nodes: usize,
+    problem: bool,
+}
+
+struct ValueFrame {
+    collection: ValueCollection,
+    anchor: usize,
+    tag: Option<Tag>,
+    /// Node count when the collection opened (for alias expansion accounting).
+    nodes_at_start: usize,
+}
+
+enum ValueCollection {
+    Seq(Vec<Value>),
+    /// A mapping and the key waiting for its value.
+    Map(Mapping, Option<Value>),
+}
+
+impl Builder for ValueBuilder {
+    type Output = Option<ValueDocument>;
+
+    fn start(number: usize, _start: (u32, u32)) -> Self {
+        ValueBuilder {
+            number,
+            stack: Vec::new(),
+            root: None,
+            anchors: BTreeMap::new(),
+            nodes: 0,
+            problem: false,
+        }
+    }
+
+    fn event(&mut self, event: Event, _pos: (u32, u32)) {
+        if self.problem {
+            return;
+        }
+        match event {
+            Event::Scalar(text, style, anchor, tag) => {
+                let value = scalar_value(text, style, tag.as_ref());
+                self.nodes += 1;
+                if anchor > 0 {
+                    self.anchors.insert(anchor, (value.clone(), 1));
+                }
+                self.complete(value);
+            }
+            Event::Alias(id) => {
+                let value = match self.anchors.get(&id) {
+                    Some((value, count)) if self.nodes.saturating_add(*count) <= NODE_LIMIT => {
+                        self.nodes += count;
+                        value.clone()
+                    }
+                    Some(_) => {
+                        self.problem = true;
+                        return;
+                    }
+                    None => Value::Null,
+                };
+                self.complete(value);
+            }
+            Event::SequenceStart(anchor, tag) => {
+                self.open(ValueCollection::Seq(Vec::new()), anchor, tag)
+            }
+            Event::MappingStart(anchor, tag) => {
+                self.open(ValueCollection::Map(Mapping::new(), None), anchor, tag);
+            }
+            Event::SequenceEnd | Event::MappingEnd => self.close(),
+            Event::Nothing
+            | Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart
+            | Event::DocumentEnd => {}
+        }
+    }
+
+    fn finish(self) -> Option<ValueDocument> {
+        (!self.problem).then(|| ValueDocument {
+            number: self.number,
+            value: self.root.unwrap_or(Value::Null),
+        })
+    }
+}
+
+impl ValueBuilder {
+    fn open(&mut self, collection: ValueCollection, anchor: usize, tag: Option<Tag>) {
+        self.nodes += 1;
+        self.stack.push(ValueFrame {
+            collection,
+            anchor,
+            tag,
+            nodes_at_start: self.nodes,
+        });
+    }
+
+    fn close(&mut self) {
+        let Some(frame) = self.stack.pop() else {
+            return;
+        };
+        let mut value = match frame.collection {
+            ValueCollection::Seq(items) => Value::Sequence(items),
+            ValueCollection::Map(map, _) => Value::Mapping(map),
+        };
+        if let Some(tag) = frame.tag.as_ref().and_then(custom_tag) {
+            value = Value::Tagged(Box::new(TaggedValue { tag, value }));
+        }
+        if frame.anchor > 0 {
+            let count = self.nodes - frame.nodes_at_start + 1;
+            self.anchors.insert(frame.anchor, (value.clone(), count));
+        }
+        self.complete(value);
+    }
+
+    fn complete(&mut self, value: Value) {
+        let Some(top) = self.stack.last_mut() else {
+            self.root = Some(value);
+            return;
+        };
+        match &mut top.collection {
+            ValueCollection::Seq(items) => items.push(value),
+            ValueCollection::Map(_, key @ None) => *key = Some(value),
+            ValueCollection::Map(map, key) => {
+                let Some(key) = key.take() else {
+                    return;
+                };
+                match map.entry(key) {
+                    serde_yaml::mapping::Entry::Vacant(slot) => {
+                        slot.insert(value);
+                    }
+                    // A duplicate key: DocBuilder reports it.
+                    serde_yaml::mapping::Entry::Occupied(_) => self.problem = true,
+                }
+            }
+        }
+    }
+}
+
 /// The text of a key as it appears in field paths: the key verbatim for scalars.
 fn key_text(key: &Value) -> Option<String> {
     match key {
@@ -504,7 +717,7 @@ fn parse_float(s: &str) -> Option<f64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -600,6 +813,96 @@ mod tests {
         let doc = &loaded.documents[0];
         assert_eq!(doc.index.positions.get("c.d"), Some(&(4, 3)));
         assert!(doc.problems.is_empty());
+    }
+
+    /// YAML texts for the differential tests: every YAML file of the repository's test data,
+    /// examples and deployment configs, and hand-written corner cases.
+    #[allow(clippy::disallowed_methods)]
+    pub(crate) fn corpus() -> Vec<(String, String)> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                    out.push(path);
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut paths = Vec::new();
+        for dir in ["testdata", "examples", "envoy-configs", "deploy"] {
+            walk(&root.join(dir), &mut paths);
+        }
+        paths.sort();
+        let mut out: Vec<(String, String)> = paths
+            .into_iter()
+            .filter_map(|p| {
+                let text = std::fs::read_to_string(&p).ok()?;
+                Some((p.display().to_string(), text))
+            })
+            .collect();
+        assert!(out.len() > 100, "expected the repository's YAML files");
+        let cases = [
+            "",
+            "# only a comment\n",
+            "---\n---\na: 1\n...\n---\n",
+            "\u{feff}a: 1\n",
+            "a: &x {b: 1, c: [1, 2]}\nd: *x\ne: *x\n",
+            "base: &b\n  x: 1\n  y: 2\nmerged:\n  <<: *b\n  y: 3\n",
+            "a: !!str 1\nb: !custom {x: 1}\nc: !!int \"7\"\nd: ! 5\n",
+            "? [a, b]\n: 1\n? {c: d}\n: 2\n",
+            "spec:\n  host: a\n  host: b\n",
+            "a: 1\n---\nb: 1\nb: 2\n---\nc: 3\n",
+            "a: [1, 2\n",
+            "a: 1\n---\nb: {\n",
+            "a:\n\t- b\n",
+            "k: 'single ''quoted'''\nl: \"double \\\"esc\\\" \\u00e9\\n\"\nm: |\n  lit\n   more\nn: >-\n  folded\n  text\n",
+            "- a\n- b: c\n  d: e\n- - x\n  - y\n",
+            "1: one\ntrue: yes\nnull: nothing\n~: tilde\n0x10: hex\n",
+            "a: *unknown\n",
+            "x: &a 1\ny: &a 2\nz: *a\n",
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            out.push((format!("case {i}"), case.to_string()));
+        }
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let prev = format!("*a{}", i - 1);
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [{}]\n",
+                [prev.as_str(); 10].join(", ")
+            ));
+        }
+        out.push(("alias bomb".into(), bomb));
+        out
+    }
+
+    #[test]
+    fn values_without_positions_match_the_full_load() {
+        let mut with_problems = 0;
+        for (name, text) in corpus() {
+            let full = load(&text);
+            let problems = full.documents.iter().any(|d| !d.problems.is_empty());
+            let mut fast_docs: Vec<(usize, Value)> = Vec::new();
+            let Ok(error) = load_values(&text, |d| fast_docs.push((d.number, d.value))) else {
+                assert!(problems, "{name}: load_values gave up without a problem");
+                with_problems += 1;
+                continue;
+            };
+            assert!(!problems, "{name}: load_values missed a problem");
+            assert_eq!(error, full.error, "{name}: syntax error");
+            let full_docs: Vec<(usize, Value)> = full
+                .documents
+                .into_iter()
+                .map(|d| (d.number, d.value))
+                .collect();
+            assert_eq!(fast_docs, full_docs, "{name}: documents");
+        }
+        assert!(with_problems >= 3, "the corpus has documents with problems");
     }
 
     #[test]
