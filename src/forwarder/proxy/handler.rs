@@ -20,8 +20,9 @@ use rand::Rng;
 
 use super::body::{Capture, ReqBody, RespBody, Tee, UpstreamBody};
 use super::headers::{
-    append_forwarded_for, apply_mutations, ensure_forwarded_proto, ensure_request_id,
-    strip_hop_by_hop, upstream_request, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_PATH,
+    append_forwarded_for, apply_mutations, ensure_forwarded_proto, ensure_request_id, mark_shadow,
+    strip_hop_by_hop, upstream_request, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_HOST,
+    X_ENVOY_ORIGINAL_PATH,
 };
 use super::reply::{self, Local};
 use super::upstream::{ClusterRt, ConnectError, Finish, SendFail};
@@ -261,6 +262,7 @@ async fn forward(
     };
     if let Some(h) = &fwd.host_rewrite {
         if let Ok(v) = HeaderValue::from_str(h) {
+            headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), host.clone());
             host = v;
         }
     }
@@ -349,6 +351,7 @@ async fn forward(
             .unwrap_or_else(|| host.clone());
         let mut shadow_headers = headers.clone();
         shadow_headers.insert(HOST, shadow_host.clone());
+        mark_shadow(&mut shadow_headers);
         slots.push(slot.clone());
         tokio::spawn(mirror::run(MirrorJob {
             cluster: shadow,

@@ -20,6 +20,10 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 pub static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+/// The Host before the route's host rewrite (Envoy sets it with the rewrite).
+pub static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+/// `true` on the requests Envoy's async client sends, shadows included.
+pub static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
 pub static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 /// Why the forwarder answered itself (Envoy's response flag: `NR`, `NC`, `UH`, `UF`, `UT`,
 /// `UC`, `UO`, `FI`), on local replies only.
@@ -111,6 +115,34 @@ pub fn append_forwarded_for(h: &mut HeaderMap, peer: IpAddr) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
+}
+
+/// What Envoy's async client adds to every request it sends, so to every shadow:
+/// `x-envoy-internal: true`, and the proxy's own address ([`local_address`]) appended to
+/// `x-forwarded-for`.
+pub fn mark_shadow(h: &mut HeaderMap) {
+    h.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+    append_forwarded_for(h, local_address());
+}
+
+/// This host's address, as Envoy's `local_info` has it: the first non-loopback IPv4 address
+/// (here: the source address the kernel picks for a route off the machine; no packet is
+/// sent), else 127.0.0.1. Looked up once.
+pub fn local_address() -> IpAddr {
+    static ADDR: std::sync::OnceLock<IpAddr> = std::sync::OnceLock::new();
+    *ADDR.get_or_init(|| {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        std::net::UdpSocket::bind(("0.0.0.0", 0))
+            .and_then(|s| {
+                // TEST-NET-2: never answered, and a UDP connect only picks the route.
+                s.connect(("198.51.100.1", 9))?;
+                s.local_addr()
+            })
+            .map(|a| a.ip())
+            .ok()
+            .filter(|ip| !ip.is_unspecified())
+            .unwrap_or(loopback)
+    })
 }
 
 /// Set `x-forwarded-proto` when absent.
@@ -240,6 +272,28 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1");
         append_forwarded_for(&mut h, "10.0.0.2".parse().expect("ip"));
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2");
+    }
+
+    #[test]
+    fn shadows_are_marked_internal_with_the_proxy_address_appended() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("10.0.0.1"),
+        );
+        mark_shadow(&mut h);
+        assert_eq!(h[&X_ENVOY_INTERNAL], "true");
+        assert_eq!(
+            h[&X_FORWARDED_FOR].to_str().expect("ascii"),
+            format!("10.0.0.1, {}", local_address())
+        );
+        let mut h = HeaderMap::new();
+        mark_shadow(&mut h);
+        assert_eq!(
+            h[&X_FORWARDED_FOR].to_str().expect("ascii"),
+            local_address().to_string()
+        );
+        assert!(!local_address().is_unspecified());
     }
 
     #[test]
