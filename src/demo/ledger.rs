@@ -20,8 +20,10 @@ pub struct BackendRecord {
     /// The Host carried Envoy's `-shadow` suffix: a mirrored copy.
     pub shadow: bool,
     pub status: u16,
-    /// Service time at the backend, microseconds.
+    /// Service time at the backend (arrival to answer ready, queueing included), microseconds.
     pub service_us: f64,
+    /// Calculation time, microseconds: the answer's `elapsed_us` (the factoring alone).
+    pub compute_us: Option<f64>,
     pub request_id: Option<String>,
     /// The prime factors it answered (`None` unless a 200 with a `factors` list).
     pub factors: Option<Vec<u64>>,
@@ -91,16 +93,18 @@ impl Ledger {
             if !o.path.starts_with("/factor") {
                 return;
             }
+            let answer: Option<serde_json::Value> = (o.status.as_u16() == 200)
+                .then(|| serde_json::from_slice(o.body).ok())
+                .flatten();
             ledger.record_backend(BackendRecord {
                 version,
                 step: ledger.step(),
                 shadow: is_shadow_host(o.host),
                 status: o.status.as_u16(),
                 service_us: o.elapsed.as_secs_f64() * 1e6,
+                compute_us: answer.as_ref().and_then(|a| a.get("elapsed_us")?.as_f64()),
                 request_id: o.request_id.map(str::to_string),
-                factors: (o.status.as_u16() == 200)
-                    .then(|| factors_of(o.body))
-                    .flatten(),
+                factors: answer.as_ref().and_then(factors_in),
             });
         })
     }
@@ -117,8 +121,12 @@ pub fn is_shadow_host(host: &str) -> bool {
 
 /// The `factors` list of a `/factor` answer.
 pub fn factors_of(body: &[u8]) -> Option<Vec<u64>> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.get("factors")?
+    factors_in(&serde_json::from_slice(body).ok()?)
+}
+
+fn factors_in(answer: &serde_json::Value) -> Option<Vec<u64>> {
+    answer
+        .get("factors")?
         .as_array()?
         .iter()
         .map(serde_json::Value::as_u64)
@@ -230,6 +238,7 @@ mod tests {
             shadow,
             status,
             service_us: us,
+            compute_us: None,
             request_id: None,
             factors: None,
         }

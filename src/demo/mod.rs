@@ -56,7 +56,7 @@ use plane::{DataPlaneChoice, EnvoyPlane, ForwarderPlane, Plane};
 use story::STEPS;
 use traffic::{Phase, Traffic};
 use verdict::{Errors, Pair};
-use view::{Frame, MirrorPairs, StepSummary, Summary, View};
+use view::{Frame, MirrorPairs, Paired, StepSummary, Summary, View};
 
 /// Default `--duration`: the whole story, three steps of 10 s.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(30);
@@ -150,8 +150,8 @@ pub async fn run(
     view.line(&view::summary(&summary));
     let users_from_v3 = summary.users.by_version[2];
     view.line(&format!(
-        "stopped: the {}, serve and the three backends; the temporary config folder is removed",
-        plane_name.unwrap_or("data plane")
+        "stopped: {}, serve and the three backends; the temporary config folder is removed",
+        plane_name.unwrap_or("the data plane")
     ));
     Ok(Outcome {
         interrupted,
@@ -215,7 +215,7 @@ impl Demo {
     }
 
     fn plane_name(&self) -> &'static str {
-        self.plane.as_ref().map_or("data plane", Plane::name)
+        self.plane.as_ref().map_or("the data plane", Plane::name)
     }
 
     /// Start everything, then play the three steps.
@@ -344,7 +344,7 @@ impl Demo {
                 .await?;
             let applied_in = started.elapsed();
             view.line(&format!(
-                "  the {} acknowledged the new rules {:.2}s after the files were written",
+                "  {} acknowledged the new rules {:.2}s after the files were written",
                 self.plane_name(),
                 applied_in.as_secs_f64()
             ));
@@ -389,7 +389,7 @@ impl Demo {
                 }
                 Err(Stuck::Nacked(why)) => {
                     return Err(DemoError::Apply(format!(
-                        "the {} rejected the {step} rules: {why}",
+                        "{} rejected the {step} rules: {why}",
                         self.plane_name()
                     )))
                 }
@@ -397,7 +397,7 @@ impl Demo {
             }
             if Instant::now() >= deadline {
                 return Err(DemoError::Apply(format!(
-                    "the {} did not take the {step} rules within {APPLY_TIMEOUT:?} ({last})",
+                    "{} did not take the {step} rules within {APPLY_TIMEOUT:?} ({last})",
                     self.plane_name()
                 )));
             }
@@ -535,11 +535,11 @@ impl Demo {
         let mirror = STEPS.iter().position(|s| s.name == "mirror");
         let ran_mirror = mirror.filter(|m| *m < self.proxy_start.len());
         let (comparison, paired, proxy_time) = match ran_mirror {
-            None => (None, (Quantiles::default(), Quantiles::default()), None),
+            None => (None, Paired::default(), None),
             Some(m) => {
                 let end = self.proxy_end.get(m).unwrap_or(&self.proxy_latest);
                 let proxy = end.minus(&self.proxy_start[m]);
-                let (pairs, v1q, v3q) = pairs(&records, m);
+                let (pairs, paired) = pairs(&records, m);
                 let rows = ledger::rows(&records, Some(m));
                 let errors = |v: usize| {
                     let p = proxy.versions[v].as_ref();
@@ -555,15 +555,11 @@ impl Demo {
                     }
                     _ => None,
                 };
-                (Some(comparison), (v1q, v3q), proxy_time)
+                (Some(comparison), paired, proxy_time)
             }
         };
         Summary {
-            plane: match &self.plane {
-                Some(Plane::Forwarder(_)) => "the forwarder".to_string(),
-                Some(Plane::Envoy(_)) => "Envoy".to_string(),
-                None => "the data plane".to_string(),
-            },
+            plane: self.plane_name().to_string(),
             interrupted,
             steps,
             users: ledger::users(&users, None),
@@ -605,21 +601,25 @@ impl Demo {
 }
 
 /// The (v1, v3) pairs of step `step`: v1's answer to a user and v3's to the mirrored copy of
-/// the same request (same `x-request-id`), with both sides' service-time quantiles.
-fn pairs(records: &[ledger::BackendRecord], step: usize) -> (Vec<Pair>, Quantiles, Quantiles) {
+/// the same request (same `x-request-id`), compared on calculation time; with both sides'
+/// calculation-time and service-time quantiles over those pairs.
+fn pairs(records: &[ledger::BackendRecord], step: usize) -> (Vec<Pair>, Paired) {
     let v1: BTreeMap<&str, &ledger::BackendRecord> = records
         .iter()
         .filter(|r| r.step == step && r.version == 0 && !r.shadow)
         .filter_map(|r| r.request_id.as_deref().map(|id| (id, r)))
         .collect();
-    let pairs: Vec<Pair> = records
+    let matched: Vec<(&ledger::BackendRecord, &ledger::BackendRecord)> = records
         .iter()
         .filter(|r| r.step == step && r.version == 2 && r.shadow)
-        .filter_map(|v3| {
-            let v1 = v1.get(v3.request_id.as_deref()?)?;
+        .filter_map(|v3| Some((*v1.get(v3.request_id.as_deref()?)?, v3)))
+        .collect();
+    let pairs: Vec<Pair> = matched
+        .iter()
+        .filter_map(|(v1, v3)| {
             Some(Pair {
-                v1_us: v1.service_us,
-                v3_us: v3.service_us,
+                v1_us: v1.compute_us?,
+                v3_us: v3.compute_us?,
                 same_answer: match (&v1.factors, &v3.factors) {
                     (Some(a), Some(b)) => Some(a == b),
                     _ => None,
@@ -627,9 +627,21 @@ fn pairs(records: &[ledger::BackendRecord], step: usize) -> (Vec<Pair>, Quantile
             })
         })
         .collect();
-    let v1q = Quantiles::of_us(&pairs.iter().map(|p| p.v1_us).collect::<Vec<_>>());
-    let v3q = Quantiles::of_us(&pairs.iter().map(|p| p.v3_us).collect::<Vec<_>>());
-    (pairs, v1q, v3q)
+    let quantiles =
+        |f: &dyn Fn(&(&ledger::BackendRecord, &ledger::BackendRecord)) -> Option<f64>| {
+            Quantiles::of_us(&matched.iter().filter_map(f).collect::<Vec<_>>())
+        };
+    let paired = Paired {
+        calculation: (
+            quantiles(&|(a, _)| a.compute_us),
+            quantiles(&|(_, b)| b.compute_us),
+        ),
+        service: (
+            quantiles(&|(a, _)| Some(a.service_us)),
+            quantiles(&|(_, b)| Some(b.service_us)),
+        ),
+    };
+    (pairs, paired)
 }
 
 /// A request through the data plane's listener (`/healthz`, answered by v1, not counted).

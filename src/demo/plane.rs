@@ -52,10 +52,10 @@ impl Plane {
         }
     }
 
-    /// Its short name.
+    /// Its name in a sentence: `the forwarder`, `Envoy`.
     pub fn name(&self) -> &'static str {
         match self {
-            Plane::Forwarder(_) => "forwarder",
+            Plane::Forwarder(_) => "the forwarder",
             Plane::Envoy(_) => "Envoy",
         }
     }

@@ -27,7 +27,7 @@ pub struct Frame<'a> {
     /// Requests the data plane sent each version's cluster this step (`None`: no such cluster).
     pub proxy_sent: [Option<f64>; 3],
     pub users: Users,
-    /// `forwarder` or `Envoy`.
+    /// `the forwarder` or `Envoy`.
     pub plane: &'a str,
 }
 
@@ -37,15 +37,24 @@ pub struct View {
     live: bool,
     /// Lines of the live frame currently on screen.
     drawn: usize,
+    /// Live lines are cut to this many characters (`$COLUMNS` - 1, else 79).
+    width: usize,
 }
 
 impl View {
     /// `live`: redraw a table in place (stdout is a terminal); else plain lines.
     pub fn new(out: Box<dyn Write + Send>, live: bool) -> View {
+        let width = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.trim().parse::<usize>().ok())
+            .filter(|c| *c >= 20)
+            .unwrap_or(80)
+            - 1;
         View {
             out,
             live,
             drawn: 0,
+            width,
         }
     }
 
@@ -74,7 +83,11 @@ impl View {
             let _ = self.out.flush();
             return;
         }
-        let text = live_table(frame);
+        // A line wider than the terminal would wrap and throw the redraw off by a line.
+        let text: String = live_table(frame)
+            .lines()
+            .map(|l| format!("{}\n", l.chars().take(self.width).collect::<String>()))
+            .collect();
         self.erase_frame();
         if self.drawn == 0 {
             // Hide the cursor while the table is redrawn in place.
@@ -116,13 +129,17 @@ fn count(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"))
 }
 
-const HEADER: &str = "version  algorithm       received  mirrored  errors        p50        p90        p99  proxy sent";
+/// The column titles; rows are 79 characters wide, so the live table fits an 80-column
+/// terminal without wrapping (which would break redrawing in place).
+const COLUMNS: &str = "received mirrored errors       p50       p90       p99  proxy";
 
-fn row_line(prefix: &str, version: usize, row: &Row, proxy_sent: Option<f64>) -> String {
+fn header(label: &str) -> String {
+    format!("{label:<17} {COLUMNS}")
+}
+
+fn row_line(label: &str, row: &Row, proxy_sent: Option<f64>) -> String {
     format!(
-        "{prefix}{:<7}  {:<14}  {:>8}  {:>8}  {:>6}  {:>9}  {:>9}  {:>9}  {:>10}",
-        VERSIONS[version],
-        ALGORITHMS[version],
+        "{label:<17} {:>8} {:>8} {:>6} {:>9} {:>9} {:>9} {:>6}",
         row.received,
         row.mirrored,
         row.errors,
@@ -170,15 +187,20 @@ pub fn live_table(f: &Frame<'_>) -> String {
         f.elapsed.as_secs_f64().min(f.length.as_secs_f64()),
         f.length.as_secs_f64()
     );
-    let _ = writeln!(out, "{HEADER}");
-    for v in 0..3 {
-        let _ = writeln!(out, "{}", row_line("", v, &f.rows[v], f.proxy_sent[v]));
+    let _ = writeln!(out, "{}", header("version"));
+    for (v, (row, sent)) in f.rows.iter().zip(f.proxy_sent).enumerate() {
+        let label = format!("{} {}", VERSIONS[v], ALGORITHMS[v]);
+        let _ = writeln!(out, "{}", row_line(&label, row, sent));
     }
     let _ = writeln!(out, "{}", users_line(&f.users));
     let _ = writeln!(out, "{}", from_v3_line(&f.users));
     let _ = writeln!(
         out,
-        "(received, mirrored, errors and service time p50/p90/p99 as each backend saw them; proxy sent: the {}'s upstream_rq_total)",
+        "(received .. p99: as each backend saw them; p50-p99: service time)"
+    );
+    let _ = writeln!(
+        out,
+        "(proxy: requests {} sent, its upstream_rq_total)",
         f.plane
     );
     out
@@ -257,6 +279,15 @@ impl MirrorPairs {
     }
 }
 
+/// v1's and v3's quantiles over the requests both answered.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Paired {
+    /// Calculation time (the answers' `elapsed_us`).
+    pub calculation: (Quantiles, Quantiles),
+    /// Service time at the backend (queueing for a CPU included).
+    pub service: (Quantiles, Quantiles),
+}
+
 /// Everything the summary shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
@@ -267,8 +298,8 @@ pub struct Summary {
     pub users: Users,
     /// The comparison of the mirror step (`None`: it did not run).
     pub comparison: Option<Comparison>,
-    /// Service-time quantiles of v1 and v3 over the paired requests.
-    pub paired: (Quantiles, Quantiles),
+    /// v1's and v3's quantiles over the paired requests.
+    pub paired: Paired,
     /// The data plane's `upstream_rq_time` quantiles of v1 and v3 in the mirror step.
     pub proxy_time: Option<(Quantiles, Quantiles)>,
     pub mirror_pairs: Option<MirrorPairs>,
@@ -306,21 +337,18 @@ pub fn summary(s: &Summary) -> String {
             ""
         }
     );
-    let _ = writeln!(out, "step      {HEADER}");
+    let _ = writeln!(out, "{}", header("step      version"));
     for st in &s.steps {
-        for v in 0..3 {
-            let _ = writeln!(
-                out,
-                "{}",
-                row_line(
-                    &format!("{:<10}", st.name),
-                    v,
-                    &st.rows[v],
-                    st.proxy_sent[v]
-                )
-            );
+        for ((version, row), sent) in VERSIONS.iter().zip(&st.rows).zip(st.proxy_sent) {
+            let label = format!("{:<9} {version}", st.name);
+            let _ = writeln!(out, "{}", row_line(&label, row, sent));
         }
     }
+    let _ = writeln!(
+        out,
+        "(v1, v2: trial division; v3: Pollard's rho. p50-p99: service time at the backend;\n proxy: requests {} sent each version, its upstream_rq_total)",
+        s.plane
+    );
     let _ = writeln!(out, "{}", users_line(&s.users));
     let _ = writeln!(out, "{}", from_v3_line(&s.users));
     let _ = writeln!(out);
@@ -334,33 +362,53 @@ pub fn summary(s: &Summary) -> String {
     };
     let _ = writeln!(
         out,
-        "is v3 better than v1?  (mirror step: {} requests answered by both, paired by x-request-id)",
+        "is v3 better than v1?  {} requests of the mirror step answered by both",
         c.pairs
-    );
-    let ratio = c.ratio.map_or_else(
-        || "no ratio".to_string(),
-        |(m, lo, hi)| format!("median v3/v1 ratio {m:.3} (98% CI {lo:.3}-{hi:.3})"),
     );
     let _ = writeln!(
         out,
-        "  latency    v3 faster on {} of {} requests (sign test p {}); {ratio}",
+        "(v1 served the user, v3 the mirrored copy; paired by x-request-id)"
+    );
+    let _ = writeln!(
+        out,
+        "  calculation  v3 faster on {} of {} requests (sign test p {})",
         c.v3_faster,
         c.pairs,
         p_text(c.sign_p)
     );
+    if let Some((m, lo, hi)) = c.ratio {
+        let _ = writeln!(
+            out,
+            "               median v3/v1 ratio {m:.3} (98% CI {lo:.3}-{hi:.3})"
+        );
+    }
     let _ = writeln!(
         out,
-        "             service time  v1 {}",
-        quantiles_text(&s.paired.0)
+        "               v1 {}",
+        quantiles_text(&s.paired.calculation.0)
     );
     let _ = writeln!(
         out,
-        "                           v3 {}",
-        quantiles_text(&s.paired.1)
+        "               v3 {}",
+        quantiles_text(&s.paired.calculation.1)
     );
     let _ = writeln!(
         out,
-        "  errors     v1 {} of {} ({:.1}%), v3 {} of {} ({:.1}%)",
+        "  service      v1 {}",
+        quantiles_text(&s.paired.service.0)
+    );
+    let _ = writeln!(
+        out,
+        "               v3 {}",
+        quantiles_text(&s.paired.service.1)
+    );
+    let _ = writeln!(
+        out,
+        "               (at the backend, queueing for the CPUs the demo shares included)"
+    );
+    let _ = writeln!(
+        out,
+        "  errors       v1 {} of {} ({:.1}%), v3 {} of {} ({:.1}%)",
         c.v1_errors.errors,
         c.v1_errors.requests,
         c.v1_errors.rate() * 100.0,
@@ -370,15 +418,19 @@ pub fn summary(s: &Summary) -> String {
     );
     let _ = writeln!(
         out,
-        "  answers    the same factors on {} of {} requests",
+        "  answers      the same factors on {} of {} requests",
         c.answers_compared - c.answers_differ,
         c.answers_compared
     );
     if let Some((v1, v3)) = &s.proxy_time {
         let _ = writeln!(
             out,
-            "  proxy      {}'s upstream_rq_time (bucketed): v1 p50 {} p99 {}; v3 p50 {} p99 {}",
-            s.plane,
+            "  proxy        {}'s upstream_rq_time, histogram buckets:",
+            s.plane
+        );
+        let _ = writeln!(
+            out,
+            "               v1 p50 {} p99 {}; v3 p50 {} p99 {}",
             ms(v1.p50),
             ms(v1.p99),
             ms(v3.p50),
@@ -388,14 +440,20 @@ pub fn summary(s: &Summary) -> String {
     if let Some(m) = &s.mirror_pairs {
         let _ = writeln!(
             out,
-            "  forwarder  /debug/mirror: {} pairs, {} status mismatches, bodies differ in {} (each answer names its version and timing, hence the factor check above)",
-            m.pairs, m.status_mismatch, m.body_mismatch
+            "  forwarder    /debug/mirror: {} pairs, {} status mismatches;",
+            m.pairs, m.status_mismatch
+        );
+        let _ = writeln!(
+            out,
+            "               bodies differ in {} (answers name their version and timing)",
+            m.body_mismatch
         );
     }
     let _ = writeln!(
         out,
-        "  not done   an A/A control (a second v1 behind the same mirror), several intervals, CPU and memory"
+        "  not done     an A/A control (a second v1 behind the same mirror),"
     );
+    let _ = writeln!(out, "               several intervals, CPU and memory");
     let _ = writeln!(out, "verdict: {}: {}", answer(c.verdict), c.reason);
     out
 }
@@ -453,7 +511,7 @@ mod tests {
                 by_version: [120, 40, 0],
                 failed: 0,
             },
-            plane: "forwarder",
+            plane: "the forwarder",
         }
     }
 
@@ -486,7 +544,11 @@ mod tests {
         assert!(text.ends_with("a step line\n\x1b[?25h"), "{text:?}");
         let table = live_table(&frame());
         assert!(table.contains("[############------------]"), "{table}");
-        assert!(table.contains("v3       pollard-rho"), "{table}");
+        assert!(
+            table.contains("v3 pollard-rho         120      120"),
+            "{table}"
+        );
+        assert!(table.lines().all(|l| l.chars().count() < 80), "{table}");
         assert!(table.contains("0.030 ms"), "{table}");
     }
 
@@ -514,7 +576,10 @@ mod tests {
             }],
             users: frame().users,
             comparison: Some(compare(&pairs, clean, clean)),
-            paired: (Quantiles::of_us(&[900.0, 950.0]), Quantiles::of_us(&[30.0])),
+            paired: Paired {
+                calculation: (Quantiles::of_us(&[900.0, 950.0]), Quantiles::of_us(&[30.0])),
+                service: (Quantiles::of_us(&[990.0]), Quantiles::of_us(&[80.0])),
+            },
             proxy_time: None,
             mirror_pairs: Some(MirrorPairs {
                 pairs: 100,
@@ -527,17 +592,24 @@ mod tests {
             text.contains("mirror 10.0s through the forwarder =="),
             "{text}"
         );
-        assert!(text.contains("mirror    v3       pollard-rho"), "{text}");
+        assert!(
+            text.contains(&row_line("mirror    v3", &frame().rows[2], Some(120.0))),
+            "{text}"
+        );
         assert!(
             text.contains("answers to users from v3: 0 (of 160)"),
             "{text}"
         );
         assert!(
-            text.contains("v3 faster on 100 of 100 requests (sign test p < 0.0001)"),
+            text.contains("calculation  v3 faster on 100 of 100 requests (sign test p < 0.0001)\n"),
             "{text}"
         );
+        assert!(text.contains("v3 p50 0.030 ms"), "{text}");
         assert!(text.contains("the same factors on 100 of 100"), "{text}");
-        assert!(text.contains("verdict: yes: v3 is faster: 1/30"), "{text}");
+        assert!(
+            text.contains("verdict: yes: v3 is faster: 1/32 of v1's calculation time"),
+            "{text}"
+        );
 
         let none = Summary {
             comparison: None,
