@@ -166,6 +166,13 @@ impl Backends {
                 }
             });
         }
+        // A port where nothing listens (connections are refused).
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        ports.insert(
+            "dead".to_string(),
+            dead.local_addr().expect("address").port(),
+        );
+        drop(dead);
         // The endpoint that resets: reads the request head and closes without an answer.
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -538,6 +545,44 @@ spec:
   - address: 127.0.0.1
     ports:
       http: {good}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: dead
+  namespace: challengeistio
+spec:
+  hosts:
+  - dead.challengeistio.svc.cluster.local
+  location: MESH_INTERNAL
+  ports:
+  - number: {port}
+    name: http
+    protocol: HTTP
+  resolution: STATIC
+  endpoints:
+  - address: 127.0.0.1
+    ports:
+      http: {dead}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: broken
+  namespace: challengeistio
+spec:
+  hosts:
+  - broken.challengeistio.svc.cluster.local
+  location: MESH_INTERNAL
+  ports:
+  - number: {port}
+    name: http
+    protocol: HTTP
+  resolution: STATIC
+  endpoints:
+  - address: 127.0.0.1
+    ports:
+      http: {reset}
 ",
         port = p.feat,
         v1 = b.port("v1"),
@@ -545,6 +590,7 @@ spec:
         v3 = b.port("v3"),
         reset = b.port("reset"),
         good = b.port("good"),
+        dead = b.port("dead"),
     );
     let rule = "\
 apiVersion: networking.istio.io/v1
@@ -663,6 +709,49 @@ spec:
       retryOn: reset,connect-failure
     route:
     - destination: {host: flaky}
+  - name: down
+    match:
+    - uri:
+        prefix: /down
+    route:
+    - destination: {host: feat, subset: v9}
+  - name: dead-once
+    match:
+    - uri:
+        prefix: /dead-once
+    retries:
+      attempts: 0
+    route:
+    - destination: {host: dead}
+  - name: dead
+    match:
+    - uri:
+        prefix: /dead
+    route:
+    - destination: {host: dead}
+  - name: broken-once
+    match:
+    - uri:
+        prefix: /broken-once
+    retries:
+      attempts: 0
+    route:
+    - destination: {host: broken}
+  - name: broken-retried
+    match:
+    - uri:
+        prefix: /broken-retried
+    retries:
+      attempts: 2
+      retryOn: reset
+    route:
+    - destination: {host: broken}
+  - name: broken
+    match:
+    - uri:
+        prefix: /broken
+    route:
+    - destination: {host: broken}
   - name: weights
     match:
     - uri:
@@ -1254,17 +1343,48 @@ fn envoy_and_the_forwarder_agree_on_the_seeds_and_every_route_feature() {
         .values()
         .all(|a| a.headers.get("x-resp").map(String::as_str) == Some("set")));
 
-    // Redirect, direct response, fault abort: local answers, no backend.
+    // Local answers, no backend: redirect, direct response, fault abort; no virtual host
+    // (404), a subset no DestinationRule defines (503, no cluster); and Envoy's upstream
+    // failure texts: connection refused with Istio's default retries (retried) and without
+    // (attempts 0), an endpoint that closes every connection without and with `retryOn: reset`.
     let reqs = vec![
         feat("/moved"),
         feat("/moved?keep=1"),
         feat("/static/x"),
         feat("/abort/1"),
         feat("/abort/2"),
+        Req::get("nobody.example", "/"),
+        feat("/down/1"),
+        feat("/dead/1"),
+        feat("/dead-once/1"),
+        feat("/broken/1"),
+        feat("/broken-once/1"),
+        feat("/broken-retried/1"),
     ];
     let (e, _) = rig.same("local answers", port, &reqs);
     let statuses: Vec<u16> = e.answers.values().map(|a| a.status).collect();
-    assert_eq!(statuses, [301, 301, 418, 503, 503], "{e:?}");
+    assert_eq!(
+        statuses,
+        [301, 301, 418, 503, 503, 404, 503, 503, 503, 503, 503, 503],
+        "{e:?}"
+    );
+    let bodies: Vec<&str> = e.answers.values().map(|a| a.body.as_str()).collect();
+    assert!(
+        bodies[7].contains("retried and the latest reset reason: remote connection failure"),
+        "{bodies:?}"
+    );
+    assert!(
+        bodies[8].ends_with(". reset reason: remote connection failure"),
+        "{bodies:?}"
+    );
+    assert!(
+        bodies[10].ends_with(". reset reason: connection termination"),
+        "{bodies:?}"
+    );
+    assert!(
+        bodies[11].contains("retried and the latest reset reason: connection termination"),
+        "{bodies:?}"
+    );
     assert!(e.seen.is_empty(), "no backend is involved: {e:?}");
     let first = e.answers.values().next().expect("an answer");
     assert_eq!(

@@ -685,8 +685,11 @@ async fn primary(
                     && replay_ready(&body, &replay)
                     && take_retry_slot(cluster, &mut retry_slot);
                 if !retry {
+                    let retried = attempt > 0;
                     break Err(match f {
+                        TryFail::Connect(_) if retried => Local::RetriedConnectFailure,
                         TryFail::Connect(_) => Local::ConnectFailure,
+                        TryFail::Reset if retried => Local::RetriedReset,
                         TryFail::Reset => Local::Reset,
                         TryFail::PerTryTimeout | TryFail::GlobalTimeout => Local::Timeout,
                     });

@@ -24,8 +24,12 @@ pub enum Local {
     NoHealthyUpstream,
     /// 503 `UF`: connecting upstream failed.
     ConnectFailure,
+    /// 503 `UF` after retries: the last try could not connect.
+    RetriedConnectFailure,
     /// 503 `UC`: the upstream closed or reset before the response headers.
     Reset,
+    /// 503 `UC` after retries: the last try was closed or reset before the response headers.
+    RetriedReset,
     /// 503 `UO`: the cluster's `max_requests` circuit breaker is open.
     Overflow,
     /// 504 `UT`: the route (or per-try) timeout expired.
@@ -41,23 +45,32 @@ impl Local {
             Local::NoCluster
             | Local::NoHealthyUpstream
             | Local::ConnectFailure
+            | Local::RetriedConnectFailure
             | Local::Reset
+            | Local::RetriedReset
             | Local::Overflow => 503,
             Local::Timeout => 504,
             Local::BadRequest => 400,
         }
     }
 
-    /// The body Envoy sends (`sendLocalReply` texts).
+    /// The body Envoy sends (`sendLocalReply` texts; the upstream failures as Envoy 1.40
+    /// words them, `retried and the latest` once a retry was made).
     pub fn body(self) -> &'static str {
         match self {
             Local::NoRoute | Local::NoCluster => "",
             Local::NoHealthyUpstream => "no healthy upstream",
             Local::ConnectFailure => {
-                "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+            }
+            Local::RetriedConnectFailure => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
             }
             Local::Reset => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+            }
+            Local::RetriedReset => {
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination"
             }
             Local::Overflow => {
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow"
@@ -72,8 +85,8 @@ impl Local {
             Local::NoRoute => "NR",
             Local::NoCluster => "NC",
             Local::NoHealthyUpstream => "UH",
-            Local::ConnectFailure => "UF",
-            Local::Reset => "UC",
+            Local::ConnectFailure | Local::RetriedConnectFailure => "UF",
+            Local::Reset | Local::RetriedReset => "UC",
             Local::Overflow => "UO",
             Local::Timeout => "UT",
             Local::BadRequest => "DPE",
@@ -198,6 +211,21 @@ mod tests {
         assert_eq!(r.status(), 404);
         assert!(!r.headers().contains_key(CONTENT_TYPE));
         assert_eq!(Local::Timeout.reply().status(), 504);
+        // Envoy 1.40's words, seen through tests/forwarder_differential.rs.
+        assert_eq!(
+            Local::ConnectFailure.body(),
+            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+        );
+        assert!(Local::RetriedConnectFailure
+            .body()
+            .contains(". retried and the latest reset reason: remote connection failure"));
+        assert!(Local::RetriedReset
+            .body()
+            .ends_with("retried and the latest reset reason: connection termination"));
+        assert_eq!(
+            Local::RetriedReset.reply().headers()[&X_SHADOWPLANE_RESPONSE_FLAGS],
+            "UC"
+        );
         assert_eq!(
             Local::Overflow.reply().headers()[&X_ENVOY_OVERLOADED],
             "true"
