@@ -7,6 +7,7 @@
 //!   field path, the bad value and a "did you mean" hint.
 //! - this module: dispatch on `apiVersion`/`kind`, metadata checks and duplicates.
 
+mod fast;
 mod schema;
 mod yaml;
 
@@ -65,29 +66,38 @@ fn parse_into(path: &str, text: &str, out: &mut Parsed) {
     let file: Arc<str> = Arc::from(path);
     let (resources_before, diagnostics_before) = (out.resources.len(), out.diagnostics.len());
     let mut deferred: Option<Arc<DeferredFile>> = None;
-    let fast = yaml::load_values(text, |doc| {
-        let file_index = deferred.get_or_insert_with(|| Arc::new(DeferredFile::new(text)));
-        let doc = yaml::Document {
-            number: doc.number,
-            value: doc.value,
-            index: PathIndex {
-                positions: Positions::deferred(file_index, doc.number),
-            },
-            problems: Vec::new(),
-        };
-        parse_document(&file, doc, out);
-    });
-    let error = match fast {
-        Ok(error) => error,
-        Err(yaml::NeedsPositions) => {
-            // Take back this file's documents and load it again, with positions.
-            out.resources.truncate(resources_before);
-            out.diagnostics.truncate(diagnostics_before);
+    let mut reader = Some(yaml::Reader::Fast);
+    let error = loop {
+        let Some(current) = reader else {
             let loaded = yaml::load(text);
             for doc in loaded.documents {
                 parse_document(&file, doc, out);
             }
-            loaded.error
+            break loaded.error;
+        };
+        let loaded = yaml::load_values(text, current, |doc| {
+            let file_index = deferred.get_or_insert_with(|| Arc::new(DeferredFile::new(text)));
+            let doc = yaml::Document {
+                number: doc.number,
+                value: doc.value,
+                index: PathIndex {
+                    positions: Positions::deferred(file_index, doc.number),
+                },
+                problems: Vec::new(),
+            };
+            parse_document(&file, doc, out);
+        });
+        match loaded {
+            Ok(error) => break error,
+            Err(redo) => {
+                // Take back this file's documents and read it again.
+                out.resources.truncate(resources_before);
+                out.diagnostics.truncate(diagnostics_before);
+                reader = match redo {
+                    yaml::Redo::WithEvents => Some(yaml::Reader::Events),
+                    yaml::Redo::WithPositions => None,
+                };
+            }
         }
     };
     if let Some(err) = error {

@@ -81,21 +81,38 @@ pub(crate) struct ValueDocument {
     pub value: Value,
 }
 
-/// A document has a problem (duplicate key, alias blow-up) that only [`load`] can report.
+/// What reads the text for [`load_values`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NeedsPositions;
+pub(crate) enum Reader {
+    /// [`super::fast`]: the plain block shape of most files, in a third of the instructions;
+    /// gives up on anything else.
+    Fast,
+    /// yaml-rust2's events, as [`load`] reads them.
+    Events,
+}
+
+/// Why [`load_values`] stopped before the end: the documents it handed over are to be taken
+/// back and the file read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Redo {
+    /// The fast reader gave up: read it with [`Reader::Events`].
+    WithEvents,
+    /// A document has a problem (duplicate key, alias blow-up) that only [`load`] can report.
+    WithPositions,
+}
 
 /// [`load`] without the position index: the same documents and values, each handed to
 /// `each` as soon as it is complete (so a large file never has all its value trees at once),
 /// then the syntax error that ended the stream, if any. At a fraction of the cost: no paths,
-/// no positions. Stops with [`NeedsPositions`] at the first document with a problem; the
-/// documents already handed over are to be taken back and the file loaded with [`load`].
+/// no positions. Stops at the first document with a problem, or where the fast reader gives
+/// up (see [`Redo`]).
 pub(crate) fn load_values(
     text: &str,
+    reader: Reader,
     mut each: impl FnMut(ValueDocument),
-) -> Result<Option<SyntaxError>, NeedsPositions> {
+) -> Result<Option<SyntaxError>, Redo> {
     let mut problem = false;
-    let error = stream::<ValueBuilder>(text, |doc| match doc {
+    let hand_over = |doc: Option<ValueDocument>| match doc {
         Some(doc) => {
             each(doc);
             true
@@ -104,16 +121,23 @@ pub(crate) fn load_values(
             problem = true;
             false
         }
-    });
+    };
+    let error = match reader {
+        Reader::Fast => match super::fast::stream::<ValueBuilder>(text, hand_over) {
+            Ok(()) => None,
+            Err(super::fast::GaveUp) => return Err(Redo::WithEvents),
+        },
+        Reader::Events => stream::<ValueBuilder>(text, hand_over),
+    };
     if problem {
-        Err(NeedsPositions)
+        Err(Redo::WithPositions)
     } else {
         Ok(error)
     }
 }
 
 /// What turns one document's events into a result.
-trait Builder {
+pub(super) trait Builder {
     type Output;
     fn start(number: usize, start: (u32, u32)) -> Self;
     fn event(&mut self, event: Event, pos: (u32, u32));
@@ -881,28 +905,51 @@ pub(crate) mod tests {
         out
     }
 
+    /// Documents as (number, value), and the syntax error that ended them.
+    pub(crate) type Values = (Vec<(usize, Value)>, Option<SyntaxError>);
+
+    /// The documents `load_values` gives with `reader`, or why it stopped.
+    pub(crate) fn values(text: &str, reader: Reader) -> Result<Values, Redo> {
+        let mut docs = Vec::new();
+        let error = load_values(text, reader, |d| docs.push((d.number, d.value)))?;
+        Ok((docs, error))
+    }
+
     #[test]
     fn values_without_positions_match_the_full_load() {
-        let mut with_problems = 0;
+        let (mut with_problems, mut fast) = (0, 0);
         for (name, text) in corpus() {
             let full = load(&text);
             let problems = full.documents.iter().any(|d| !d.problems.is_empty());
-            let mut fast_docs: Vec<(usize, Value)> = Vec::new();
-            let Ok(error) = load_values(&text, |d| fast_docs.push((d.number, d.value))) else {
-                assert!(problems, "{name}: load_values gave up without a problem");
-                with_problems += 1;
-                continue;
-            };
-            assert!(!problems, "{name}: load_values missed a problem");
-            assert_eq!(error, full.error, "{name}: syntax error");
             let full_docs: Vec<(usize, Value)> = full
                 .documents
                 .into_iter()
                 .map(|d| (d.number, d.value))
                 .collect();
-            assert_eq!(fast_docs, full_docs, "{name}: documents");
+            for reader in [Reader::Events, Reader::Fast] {
+                match values(&text, reader) {
+                    Ok((docs, error)) => {
+                        assert!(!problems, "{name}: {reader:?} missed a problem");
+                        assert_eq!(error, full.error, "{name}: {reader:?}: syntax error");
+                        assert_eq!(docs, full_docs, "{name}: {reader:?}: documents");
+                        fast += usize::from(reader == Reader::Fast);
+                    }
+                    Err(Redo::WithPositions) => {
+                        assert!(problems, "{name}: {reader:?} gave up without a problem");
+                        with_problems += usize::from(reader == Reader::Events);
+                    }
+                    Err(Redo::WithEvents) => {
+                        assert_eq!(
+                            reader,
+                            Reader::Fast,
+                            "{name}: only the fast reader gives up"
+                        );
+                    }
+                }
+            }
         }
         assert!(with_problems >= 3, "the corpus has documents with problems");
+        assert!(fast >= 100, "the fast reader read only {fast} files");
     }
 
     #[test]
