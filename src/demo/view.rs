@@ -371,17 +371,20 @@ pub fn summary(s: &Summary) -> String {
     );
     let _ = writeln!(
         out,
-        "  calculation  v3 faster on {} of {} requests (sign test p {})",
+        "  calculation  v3 faster on {} of {} requests, slower on {}, equal on {}",
         c.v3_faster,
         c.pairs,
-        p_text(c.sign_p)
+        c.v3_slower,
+        c.pairs - c.v3_faster - c.v3_slower
     );
-    if let Some((m, lo, hi)) = c.ratio {
-        let _ = writeln!(
-            out,
-            "               median v3/v1 ratio {m:.3} (98% CI {lo:.3}-{hi:.3})"
-        );
-    }
+    let _ = writeln!(
+        out,
+        "               sign test p {}{}",
+        p_text(c.sign_p),
+        c.ratio.map_or_else(String::new, |(m, lo, hi)| format!(
+            ", median v3/v1 {m:.3} (98% CI {lo:.3}-{hi:.3})"
+        ))
+    );
     let _ = writeln!(
         out,
         "               v1 {}",
@@ -601,7 +604,13 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("calculation  v3 faster on 100 of 100 requests (sign test p < 0.0001)\n"),
+            text.contains(
+                "calculation  v3 faster on 100 of 100 requests, slower on 0, equal on 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("sign test p < 0.0001, median v3/v1 0.032"),
             "{text}"
         );
         assert!(text.contains("v3 p50 0.030 ms"), "{text}");
