@@ -99,7 +99,13 @@ docker-compose --version
 
 # ---------------------------------------------------------------------------------------------
 section "5. cargo test (unit, integration, real-Envoy and doc tests)"
-cargo test --workspace --no-fail-fast
+# cargo prints one "test result:" line per test binary, the last one being the (empty) doc
+# tests; the total below is the closing line that says how many tests ran in all.
+TEST_LOG="$(mktemp)"
+trap 'rm -f "$TEST_LOG"' EXIT
+cargo test --workspace --no-fail-fast 2>&1 | tee "$TEST_LOG"
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$TEST_LOG"
 
 # ---------------------------------------------------------------------------------------------
 section "done in ${SECONDS}s"
