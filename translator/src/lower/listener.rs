@@ -134,9 +134,17 @@ fn vhost_name(host: &str, port: u32) -> String {
 
 /// Keep each domain on the first virtual host listing it; drop virtual hosts left empty.
 fn dedupe_domains(vhosts: &mut Vec<VirtualHost>) {
-    let mut seen = BTreeSet::new();
-    for v in vhosts.iter_mut() {
-        v.domains.retain(|d| seen.insert(d.clone()));
+    // Which domains to keep, decided on borrowed names (no copy of every domain), then kept.
+    let keep: Vec<Vec<bool>> = {
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        vhosts
+            .iter()
+            .map(|v| v.domains.iter().map(|d| seen.insert(d.as_str())).collect())
+            .collect()
+    };
+    for (v, keep) in vhosts.iter_mut().zip(keep) {
+        let mut keep = keep.into_iter();
+        v.domains.retain(|_| keep.next().unwrap_or(true));
     }
     vhosts.retain(|v| !v.domains.is_empty());
 }

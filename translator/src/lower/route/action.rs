@@ -90,7 +90,8 @@ pub(crate) fn target(
             port: explicit_port,
         });
     };
-    let ports: Vec<String> = service.ports.iter().map(|p| p.number.to_string()).collect();
+    // For the hints only: built when one is written.
+    let ports = || -> Vec<String> { service.ports.iter().map(|p| p.number.to_string()).collect() };
     let port = match explicit_port {
         Some(n) => {
             if !service.ports.iter().any(|p| p.number == n) {
@@ -102,7 +103,7 @@ pub(crate) fn target(
                     .value(n.to_string())
                     .hint(format!(
                         "{host} exposes port(s) {}; use one of them or add the port to the ServiceEntry; {}",
-                        ports.join(", "),
+                        ports().join(", "),
                         kind.consequence()
                     )),
                     &format!("{field}.port.number"),
@@ -118,7 +119,7 @@ pub(crate) fn target(
                         Code::DestinationPortSelectorRequired,
                         format!(
                             "this virtual service routes to a service {host:?} that exposes multiple ports [{}]; specifying a port in the destination is required to disambiguate",
-                            ports.join(" ")
+                            ports().join(" ")
                         ),
                     )
                     .value(dest.host.clone())

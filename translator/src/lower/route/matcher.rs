@@ -5,7 +5,7 @@ use crate::ir::{
     HeaderMatch, HeaderMatcher, PathMatch, QueryParameterMatcher, RouteMatch, StringMatcher,
 };
 use crate::istio::{HttpMatchRequest, StringMatch};
-use crate::lower::route::util::{validate_regex, Cx, Reported};
+use crate::lower::route::util::{Cx, Reported};
 
 /// The match of a rule without `match`: prefix `/`, no `case_sensitive` field.
 pub(crate) fn match_all() -> RouteMatch {
@@ -38,7 +38,7 @@ pub(crate) fn decorator_path(p: &PathMatch) -> String {
 
 /// Check a regex, reporting `InvalidRegex` at `field`.
 pub(crate) fn check_regex(cx: &mut Cx<'_, '_>, re: &str, field: &str) -> Result<(), Reported> {
-    validate_regex(re).map_err(|why| {
+    cx.validate_regex(re).map_err(|why| {
         cx.emit(
             Diagnostic::error(
                 Code::InvalidRegex,

@@ -1,6 +1,7 @@
 //! Small helpers shared by route translation: the diagnostic context, percentages, regex
 //! validation, base64 and RFC 3339 timestamps.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::diag::Diagnostic;
@@ -23,7 +24,13 @@ pub(crate) struct Cx<'a, 'd> {
     pub rules: &'a RuleIndex,
     pub options: &'a Options,
     pub diags: &'d mut Vec<Diagnostic>,
+    /// Regular expressions already checked in this translation, with the verdict: a mesh
+    /// repeats the same few (`.*Mobile.*`), and parsing one is costly.
+    pub regexes: &'d mut RegexVerdicts,
 }
+
+/// Regular expression → [`validate_regex`]'s verdict.
+pub(crate) type RegexVerdicts = BTreeMap<String, Result<(), String>>;
 
 impl Cx<'_, '_> {
     /// Report a diagnostic about `field` of this resource.
@@ -35,6 +42,16 @@ impl Cx<'_, '_> {
     /// The resource's namespace (short names resolve here).
     pub fn namespace(&self) -> &str {
         self.res.namespace()
+    }
+
+    /// [`validate_regex`], once per distinct expression.
+    pub fn validate_regex(&mut self, re: &str) -> Result<(), String> {
+        if let Some(verdict) = self.regexes.get(re) {
+            return verdict.clone();
+        }
+        let verdict = validate_regex(re);
+        self.regexes.insert(re.to_string(), verdict.clone());
+        verdict
     }
 
     /// Parse an Istio duration, reporting an `InvalidValue` error (the field is then ignored).
