@@ -5,7 +5,6 @@
 //! catch-all short-circuit); emitting (`xds/`) maps it 1:1 onto Envoy v3 protos and makes no
 //! decisions of its own. All collections are in output order; nothing here is a hash map.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Everything the translation produces, before it becomes Envoy protos.
@@ -333,13 +332,14 @@ pub enum Discovery {
     LogicalDns,
 }
 
+/// One upstream endpoint. (Its labels stay in the registry: they select the subsets' endpoints
+/// during lowering, and Envoy is not sent them.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub address: String,
     pub port: u32,
     pub weight: Option<u32>,
     pub locality: Option<String>,
-    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

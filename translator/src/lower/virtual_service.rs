@@ -713,7 +713,7 @@ fn compile_forward(
             .unwrap_or(Duration::ZERO),
         None => Duration::ZERO,
     };
-    let retries_field = path_if_set(http.retries.as_ref(), &field, ".retries");
+    let retries_field = path_if_set(http.retries.as_ref(), field, ".retries");
     let retry = retry::translate(cx, http.retries.as_ref(), &retries_field);
 
     let mut prefix_rewrite = None;

@@ -278,7 +278,6 @@ mod tests {
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_v3;
     use envoy_types::pb::google::protobuf::value::Kind;
     use prost::Message;
-    use std::collections::BTreeMap;
     use std::time::Duration as StdDuration;
 
     const V1: &str = "outbound|8000|v1|httpbin.default.svc.cluster.local";
@@ -296,7 +295,6 @@ mod tests {
                 port: 80,
                 weight: Some(2),
                 locality: None,
-                labels: BTreeMap::new(),
             }],
             lb_policy: ir::LbPolicy::LeastRequest,
             connect_timeout: StdDuration::from_secs(10),

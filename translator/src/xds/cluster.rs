@@ -308,7 +308,6 @@ mod tests {
     use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_v3;
     use envoy_types::pb::google::protobuf::Duration;
     use prost::Message;
-    use std::collections::BTreeMap;
     use std::time::Duration as StdDuration;
 
     const NAME: &str = "outbound|8000|v1|httpbin.default.svc.cluster.local";
@@ -325,7 +324,6 @@ mod tests {
                 port: 80,
                 weight: None,
                 locality: None,
-                labels: BTreeMap::new(),
             }],
             lb_policy: ir::LbPolicy::LeastRequest,
             connect_timeout: StdDuration::from_secs(10),

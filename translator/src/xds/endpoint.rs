@@ -92,7 +92,6 @@ mod tests {
             port,
             weight,
             locality: locality.map(str::to_string),
-            labels: BTreeMap::new(),
         }
     }
 

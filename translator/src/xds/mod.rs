@@ -250,7 +250,6 @@ pub(crate) fn header_value_options(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use std::time::Duration as StdDuration;
 
     #[test]
@@ -334,7 +333,6 @@ mod tests {
                         port: 8080,
                         weight: None,
                         locality: None,
-                        labels: BTreeMap::new(),
                     }],
                 ),
                 eds_cluster("outbound|80||svc.ns.svc.cluster.local", vec![]),
