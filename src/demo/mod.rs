@@ -126,9 +126,12 @@ pub async fn run(
     let played = {
         let story = demo.play(&cfg, &mut view);
         tokio::pin!(interrupt);
+        // Interruption first: a terminal's Ctrl-C also reaches an Envoy child, and its exit
+        // must read as the interruption it is, not as a failure of the story.
         tokio::select! {
-            r = story => r.map(|()| false),
+            biased;
             _ = &mut interrupt => Ok(true),
+            r = story => r.map(|()| false),
         }
     };
     view.end_live();

@@ -189,6 +189,9 @@ pub fn envoy_bootstrap(xds: SocketAddr) -> Result<serde_json::Value, DemoError> 
     let mut doc = print::to_json(&bootstrap)
         .map_err(|e| DemoError::Envoy(format!("cannot print the Envoy bootstrap: {e}")))?;
     doc["node"]["metadata"] = json!({ BIND_ADDRESS_KEY: "127.0.0.1" });
+    // Envoy merges histograms into what its admin shows at each flush (default every 5 s);
+    // the demo's steps are seconds long.
+    doc["stats_flush_interval"] = json!("0.250s");
     // ads_bootstrap's stat tags keep whole Istio cluster names (as the forwarder labels them);
     // the demo adds sub-millisecond buckets: v3 answers in tens of microseconds.
     doc["stats_config"]["histogram_bucket_settings"] = json!([{
