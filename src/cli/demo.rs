@@ -23,8 +23,8 @@ A live table (one plain line a second when stdout is not a terminal) shows per v
 requests received, how many were mirrored copies, errors, the service time (p50/p90/p99)
 and what the data plane sent, and how many users got an answer from v3 (always 0). The
 summary answers \"is v3 better than v1?\" from the mirror step: the same requests answered by
-both, compared pair by pair (sign test, median ratio with a 98% interval), error rates and
-whether the factors agree.
+both, their calculation times compared pair by pair (sign test, median ratio with a 98%
+interval), error rates and whether the factors agree.
 
 Exit status: 0 when the story ran (and no user got an answer from v3), 1 when a user did,
 130 after Ctrl-C or SIGTERM (everything is stopped, the temporary folder removed and the
@@ -43,7 +43,7 @@ pub struct DemoArgs {
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     pub duration: Duration,
 
-    /// Use a real Envoy as the data plane: this binary, or without a value $ENVOY_BIN, `envoy`
+    /// Use a real Envoy as the data plane: the binary at PATH; without PATH, $ENVOY_BIN, `envoy`
     /// on PATH, then .venv/bin/envoy (where scripts/test.sh installs it).
     #[arg(long, value_name = "PATH", num_args = 0..=1, conflicts_with = "forwarder")]
     pub envoy: Option<Option<PathBuf>>,

@@ -96,8 +96,6 @@ pub enum DemoError {
     Io(String, #[source] std::io::Error),
     #[error("cannot start serve: {0}")]
     Serve(#[from] crate::app::ServeError),
-    #[error("backend {0} failed: {1}")]
-    Backend(&'static str, BackendError),
     #[error("{0}")]
     Envoy(String),
     #[error("{0}")]
