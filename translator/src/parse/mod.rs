@@ -66,12 +66,13 @@ fn parse_into(path: &str, text: &str, out: &mut Parsed) {
     let file: Arc<str> = Arc::from(path);
     let (resources_before, diagnostics_before) = (out.resources.len(), out.diagnostics.len());
     let mut deferred: Option<Arc<DeferredFile>> = None;
+    let mut reread = Reread::new(text);
     let mut reader = Some(yaml::Reader::Fast);
     let error = loop {
         let Some(current) = reader else {
             let loaded = yaml::load(text);
             for doc in loaded.documents {
-                parse_document(&file, doc, out);
+                parse_document(&file, doc, &mut reread, out);
             }
             break loaded.error;
         };
@@ -85,7 +86,7 @@ fn parse_into(path: &str, text: &str, out: &mut Parsed) {
                 },
                 problems: Vec::new(),
             };
-            parse_document(&file, doc, out);
+            parse_document(&file, doc, &mut reread, out);
         });
         match loaded {
             Ok(error) => break error,
@@ -199,13 +200,19 @@ impl SpecKind {
         }
     }
 
-    fn typed_spec(self, value: Value) -> Result<Spec, schema::SchemaError> {
+    /// The typed spec (see [`schema::deserialize_or_reread`] for `reread`).
+    fn typed_spec(
+        self,
+        value: Value,
+        reread: impl FnOnce() -> Option<Value>,
+    ) -> Result<Spec, schema::SchemaError> {
+        use schema::deserialize_or_reread as typed;
         Ok(match self {
-            SpecKind::VirtualService => Spec::VirtualService(schema::deserialize(value, "spec")?),
-            SpecKind::DestinationRule => Spec::DestinationRule(schema::deserialize(value, "spec")?),
-            SpecKind::ServiceEntry => Spec::ServiceEntry(schema::deserialize(value, "spec")?),
-            SpecKind::WorkloadEntry => Spec::WorkloadEntry(schema::deserialize(value, "spec")?),
-            SpecKind::Gateway => Spec::Gateway(schema::deserialize(value, "spec")?),
+            SpecKind::VirtualService => Spec::VirtualService(typed(value, "spec", reread)?),
+            SpecKind::DestinationRule => Spec::DestinationRule(typed(value, "spec", reread)?),
+            SpecKind::ServiceEntry => Spec::ServiceEntry(typed(value, "spec", reread)?),
+            SpecKind::WorkloadEntry => Spec::WorkloadEntry(typed(value, "spec", reread)?),
+            SpecKind::Gateway => Spec::Gateway(typed(value, "spec", reread)?),
         })
     }
 }
@@ -292,7 +299,40 @@ fn string_field<'v>(map: &'v Mapping, key: &str) -> Result<Option<&'v str>, &'v 
     }
 }
 
-fn parse_document(file: &Arc<str>, doc: yaml::Document, out: &mut Parsed) {
+/// The documents of a file read again, for the rare one whose schema check fails: the check
+/// consumed its value (see [`schema::deserialize_or_reread`]). Read once per file, on first
+/// use, with positions-grade [`yaml::load`] (which reads any file).
+struct Reread<'t> {
+    text: &'t str,
+    values: Option<BTreeMap<usize, Value>>,
+}
+
+impl<'t> Reread<'t> {
+    fn new(text: &'t str) -> Self {
+        Reread { text, values: None }
+    }
+
+    /// A top-level field of document `number`, as [`parse_document`] got it.
+    fn field(&mut self, number: usize, field: &str) -> Option<Value> {
+        let text = self.text;
+        let values = self.values.get_or_insert_with(|| {
+            yaml::load(text)
+                .documents
+                .into_iter()
+                .map(|d| (d.number, d.value))
+                .collect()
+        });
+        let mut value = values.remove(&number)?;
+        value.apply_merge().ok()?;
+        match value {
+            Value::Mapping(mut map) => map.remove(field),
+            _ => None,
+        }
+    }
+}
+
+fn parse_document(file: &Arc<str>, doc: yaml::Document, reread: &mut Reread<'_>, out: &mut Parsed) {
+    let doc_number = doc.number;
     let origin = Origin {
         file: file.clone(),
         document: doc.number,
@@ -503,7 +543,9 @@ fn parse_document(file: &Arc<str>, doc: yaml::Document, out: &mut Parsed) {
     // metadata: a name is required.
     let metadata: ObjectMeta = match map.remove("metadata") {
         None | Some(Value::Null) => ObjectMeta::default(),
-        Some(v) => match schema::deserialize(v, "metadata") {
+        Some(v) => match schema::deserialize_or_reread(v, "metadata", || {
+            reread.field(doc_number, "metadata")
+        }) {
             Ok(m) => m,
             Err(e) => {
                 out.diagnostics.push(ctx.schema(e));
@@ -530,7 +572,7 @@ fn parse_document(file: &Arc<str>, doc: yaml::Document, out: &mut Parsed) {
 
     let spec = match map.remove("spec") {
         None | Some(Value::Null) => spec_kind.default_spec(),
-        Some(v) => match spec_kind.typed_spec(v) {
+        Some(v) => match spec_kind.typed_spec(v, || reread.field(doc_number, "spec")) {
             Ok(spec) => spec,
             Err(e) => {
                 out.diagnostics.push(ctx.schema(e));

@@ -29,6 +29,26 @@ pub(crate) fn deserialize<T: DeserializeOwned>(
     })
 }
 
+/// [`deserialize`], fast: without tracking the field path, which costs an allocation per
+/// field (a seventh of the parse). Only when that fails is the value read again with
+/// `reread` (it must give the same value, which the fast attempt consumed) and deserialized
+/// by [`deserialize`] for the report, so errors are exactly [`deserialize`]'s. Tracking the
+/// path does not change what deserializes, only what an error says.
+pub(crate) fn deserialize_or_reread<T: DeserializeOwned>(
+    value: Value,
+    prefix: &str,
+    reread: impl FnOnce() -> Option<Value>,
+) -> Result<T, SchemaError> {
+    match T::deserialize(value) {
+        Ok(typed) => Ok(typed),
+        Err(fast) => match reread() {
+            Some(value) => deserialize(value, prefix),
+            // Not expected (the same text read again): report without the field path.
+            None => Err(classify(prefix.to_string(), &fast.to_string())),
+        },
+    }
+}
+
 fn join_path(prefix: &str, path: &serde_path_to_error::Path) -> String {
     let mut out = prefix.to_string();
     for segment in path.iter() {

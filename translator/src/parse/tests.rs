@@ -1075,3 +1075,90 @@ spec: {host: d}
     // The positions of the other documents are those of the full load.
     assert_eq!(pos(&parsed.resources[1], "spec.host"), Some((16, 8)));
 }
+
+#[test]
+fn untracked_schema_check_agrees_with_the_tracked_one() {
+    fn tracked(kind: SpecKind, v: Value) -> Result<Spec, schema::SchemaError> {
+        Ok(match kind {
+            SpecKind::VirtualService => Spec::VirtualService(schema::deserialize(v, "spec")?),
+            SpecKind::DestinationRule => Spec::DestinationRule(schema::deserialize(v, "spec")?),
+            SpecKind::ServiceEntry => Spec::ServiceEntry(schema::deserialize(v, "spec")?),
+            SpecKind::WorkloadEntry => Spec::WorkloadEntry(schema::deserialize(v, "spec")?),
+            SpecKind::Gateway => Spec::Gateway(schema::deserialize(v, "spec")?),
+        })
+    }
+    let (mut specs, mut errors) = (0, 0);
+    for (name, text) in yaml::tests::corpus() {
+        for doc in yaml::load(&text).documents {
+            let mut value = doc.value;
+            if value.apply_merge().is_err() {
+                continue;
+            }
+            let Value::Mapping(map) = value else {
+                continue;
+            };
+            let kind = map
+                .get("kind")
+                .and_then(Value::as_str)
+                .and_then(SpecKind::from_kind);
+            let (Some(kind), Some(spec)) = (kind, map.get("spec")) else {
+                continue;
+            };
+            // The spec, and variants with one node replaced by a value of another shape.
+            let nodes = count_nodes(spec);
+            let mut variants = vec![spec.clone()];
+            for n in 0..nodes.min(40) {
+                for replacement in replacements() {
+                    let mut v = spec.clone();
+                    replace_node(&mut v, &mut { n }, &replacement);
+                    variants.push(v);
+                }
+            }
+            for v in variants {
+                let fast = kind.typed_spec(v.clone(), || Some(v.clone()));
+                let slow = tracked(kind, v.clone());
+                assert_eq!(fast, slow, "{name}: document {}: {v:?}", doc.number);
+                specs += 1;
+                errors += usize::from(slow.is_err());
+            }
+        }
+    }
+    assert!(
+        specs > 1000 && errors > 500,
+        "{specs} specs, {errors} with errors"
+    );
+}
+
+fn replacements() -> Vec<Value> {
+    vec![
+        Value::Null,
+        Value::Bool(true),
+        Value::Number((-7).into()),
+        Value::Number(1.5.into()),
+        Value::String("x".into()),
+        Value::Sequence(vec![Value::String("x".into())]),
+        serde_yaml::from_str("{unknownField: 1}").expect("valid YAML"),
+    ]
+}
+
+fn count_nodes(v: &Value) -> usize {
+    1 + match v {
+        Value::Sequence(items) => items.iter().map(count_nodes).sum(),
+        Value::Mapping(map) => map.values().map(count_nodes).sum(),
+        _ => 0,
+    }
+}
+
+/// Replace the `n`th node (pre-order) of `v` by `with`.
+fn replace_node(v: &mut Value, n: &mut usize, with: &Value) -> bool {
+    if *n == 0 {
+        *v = with.clone();
+        return true;
+    }
+    *n -= 1;
+    match v {
+        Value::Sequence(items) => items.iter_mut().any(|i| replace_node(i, n, with)),
+        Value::Mapping(map) => map.values_mut().any(|i| replace_node(i, n, with)),
+        _ => false,
+    }
+}
