@@ -83,17 +83,19 @@ fn wildcard_covers(pattern: &str, host: &str) -> bool {
 struct Accepted<'a> {
     res: &'a Resource,
     host: String,
-    /// (index in `spec.subsets`, subset) for the subsets this rule contributed.
-    subsets: Vec<(usize, Subset)>,
+    /// (index in `spec.subsets`, subset as written) for the subsets this rule contributed.
+    subsets: Vec<(usize, &'a Subset)>,
 }
 
-/// Validate one rule: host, subsets and policies. `None` if the rule is dropped.
+/// Validate one rule: host, subsets and policies. `None` if the rule is dropped; else the
+/// rule, its valid subsets with checked policies (in the order of `Accepted::subsets`) and
+/// its checked top-level policy.
 fn check_rule<'a>(
     res: &'a Resource,
-    dr: &DestinationRuleSpec,
+    dr: &'a DestinationRuleSpec,
     options: &Options,
     diags: &mut Vec<Diagnostic>,
-) -> Option<(Accepted<'a>, Option<TrafficPolicy>)> {
+) -> Option<(Accepted<'a>, Vec<Subset>, Option<TrafficPolicy>)> {
     let written = dr.host.trim();
     if written.is_empty() {
         diags.push(
@@ -136,7 +138,9 @@ fn check_rule<'a>(
         .traffic_policy
         .as_ref()
         .map(|p| checker.traffic_policy(p, "spec.trafficPolicy"));
-    let mut subsets: Vec<(usize, Subset)> = Vec::new();
+    // A subset is ~1.5 KB (its traffic policy is inline): size these once.
+    let mut subsets: Vec<(usize, &Subset)> = Vec::with_capacity(dr.subsets.len());
+    let mut checked: Vec<Subset> = Vec::with_capacity(dr.subsets.len());
     let mut names: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, s) in dr.subsets.iter().enumerate() {
         let path = format!("spec.subsets[{i}]");
@@ -172,16 +176,14 @@ fn check_rule<'a>(
             .traffic_policy
             .as_ref()
             .map(|p| checker.traffic_policy(p, &format!("{path}.trafficPolicy")));
-        subsets.push((
-            i,
-            Subset {
-                name: s.name.clone(),
-                labels: s.labels.clone(),
-                traffic_policy,
-            },
-        ));
+        subsets.push((i, s));
+        checked.push(Subset {
+            name: s.name.clone(),
+            labels: s.labels.clone(),
+            traffic_policy,
+        });
     }
-    Some((Accepted { res, host, subsets }, policy))
+    Some((Accepted { res, host, subsets }, checked, policy))
 }
 
 /// Index the DestinationRules: validate each, merge rules of one host like istiod (subsets
@@ -194,55 +196,68 @@ pub fn index(
     options: &Options,
     diags: &mut Vec<Diagnostic>,
 ) -> RuleIndex {
-    let mut rules: BTreeMap<String, MergedRule> = BTreeMap::new();
+    // Rules merged per host, in input order, and the index of each host's rule. The map by
+    // host is built once at the end, from the sorted hosts: a MergedRule is ~1.5 KB, and
+    // inserting each into a B-tree in input order shifted whole nodes of them.
+    let mut merged_rules: Vec<MergedRule> = Vec::new();
+    let mut by_host: BTreeMap<String, usize> = BTreeMap::new();
+    // For a host with several rules only: the rule that defined each of its subsets (in the
+    // order of the merged rule's subsets).
+    let mut owners: BTreeMap<String, Vec<ResourceRef>> = BTreeMap::new();
     let mut accepted: Vec<Accepted<'_>> = Vec::new();
-    // (host, subset name) → the rule that defined it first.
-    let mut subset_owner: BTreeMap<(String, String), ResourceRef> = BTreeMap::new();
     for res in resources {
         let Spec::DestinationRule(dr) = &res.spec else {
             continue;
         };
-        let Some((mut acc, policy)) = check_rule(res, dr, options, diags) else {
+        let Some((mut acc, checked, policy)) = check_rule(res, dr, options, diags) else {
             continue;
         };
-        match rules.get_mut(&acc.host) {
+        match by_host.get(&acc.host) {
             None => {
-                rules.insert(
-                    acc.host.clone(),
-                    MergedRule {
-                        host: acc.host.clone(),
-                        subsets: acc.subsets.iter().map(|(_, s)| s.clone()).collect(),
-                        traffic_policy: policy,
-                        sources: vec![res.reference()],
-                    },
-                );
-            }
-            Some(merged) => {
-                acc.subsets.retain(|(i, s)| {
-                    let key = (acc.host.clone(), s.name.clone());
-                    if let Some(owner) = subset_owner.get(&key) {
-                        diags.push(
-                            res.diag(
-                                Diagnostic::warning(
-                                    Code::DuplicateName,
-                                    format!(
-                                        "subset {:?} of host {} is already defined by {owner}",
-                                        s.name, acc.host
-                                    ),
-                                ),
-                                &format!("spec.subsets[{i}].name"),
-                            )
-                            .value(s.name.clone())
-                            .hint(format!(
-                                "the first definition ({owner}) wins; remove or rename this subset"
-                            )),
-                        );
-                        false
-                    } else {
-                        merged.subsets.push(s.clone());
-                        true
-                    }
+                by_host.insert(acc.host.clone(), merged_rules.len());
+                merged_rules.push(MergedRule {
+                    host: acc.host.clone(),
+                    subsets: checked,
+                    traffic_policy: policy,
+                    sources: vec![res.reference()],
                 });
+            }
+            Some(&m) => {
+                let merged = &mut merged_rules[m];
+                // Until now every subset came from the host's first rule.
+                let owner_of = owners
+                    .entry(acc.host.clone())
+                    .or_insert_with(|| vec![merged.sources[0].clone(); merged.subsets.len()]);
+                let mut contributed = Vec::with_capacity(acc.subsets.len());
+                for (&(i, written), subset) in acc.subsets.iter().zip(checked) {
+                    match merged.subsets.iter().position(|s| s.name == written.name) {
+                        Some(p) => {
+                            let owner = &owner_of[p];
+                            diags.push(
+                                res.diag(
+                                    Diagnostic::warning(
+                                        Code::DuplicateName,
+                                        format!(
+                                            "subset {:?} of host {} is already defined by {owner}",
+                                            written.name, acc.host
+                                        ),
+                                    ),
+                                    &format!("spec.subsets[{i}].name"),
+                                )
+                                .value(written.name.clone())
+                                .hint(format!(
+                                    "the first definition ({owner}) wins; remove or rename this subset"
+                                )),
+                            );
+                        }
+                        None => {
+                            merged.subsets.push(subset);
+                            owner_of.push(res.reference());
+                            contributed.push((i, written));
+                        }
+                    }
+                }
+                acc.subsets = contributed;
                 match (&merged.traffic_policy, policy) {
                     (None, p) => merged.traffic_policy = p,
                     (Some(_), Some(_)) => diags.push(
@@ -271,13 +286,16 @@ pub fn index(
                 merged.sources.push(res.reference());
             }
         }
-        for (_, sub) in &acc.subsets {
-            subset_owner
-                .entry((acc.host.clone(), sub.name.clone()))
-                .or_insert_with(|| res.reference());
-        }
         accepted.push(acc);
     }
+    let mut rules: BTreeMap<String, MergedRule> = {
+        let mut slots: Vec<Option<MergedRule>> = merged_rules.into_iter().map(Some).collect();
+        // In host order, so the map is built without moving rules around.
+        by_host
+            .into_iter()
+            .filter_map(|(host, i)| Some((host, slots.get_mut(i)?.take()?)))
+            .collect()
+    };
 
     // Wildcard rules apply to services that have no exact rule: the most specific one wins.
     let wildcards: Vec<String> = rules

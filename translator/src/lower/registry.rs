@@ -257,7 +257,8 @@ fn parse_ports(
     let mut numbers: BTreeMap<u32, usize> = BTreeMap::new();
     let mut names: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, p) in se.ports.iter().enumerate() {
-        let path = format!("spec.ports[{i}]");
+        // Field paths, for diagnostics only.
+        let path = |suffix: &str| format!("spec.ports[{i}]{suffix}");
         if !valid_port(p.number) {
             diags.push(
                 res.diag(
@@ -265,7 +266,7 @@ fn parse_ports(
                         Code::InvalidValue,
                         format!("invalid port number {}", p.number),
                     ),
-                    &format!("{path}.number"),
+                    &path(".number"),
                 )
                 .value(p.number.to_string())
                 .hint("a port number must be between 1 and 65535; this port is ignored"),
@@ -279,7 +280,7 @@ fn parse_ports(
                 diags.push(
                     res.diag(
                         Diagnostic::error(Code::InvalidValue, format!("invalid target port {t}")),
-                        &format!("{path}.targetPort"),
+                        &path(".targetPort"),
                     )
                     .value(t.to_string())
                     .hint("a target port must be between 1 and 65535 (omit it to use the port number); this port is ignored"),
@@ -294,7 +295,7 @@ fn parse_ports(
                         Code::DuplicateName,
                         format!("duplicate port number {}", p.number),
                     ),
-                    &format!("{path}.number"),
+                    &path(".number"),
                 )
                 .value(p.number.to_string())
                 .hint(format!(
@@ -312,7 +313,7 @@ fn parse_ports(
                             Code::DuplicateName,
                             format!("duplicate port name {:?}", p.name),
                         ),
-                        &format!("{path}.name"),
+                        &path(".name"),
                     )
                     .value(p.name.clone())
                     .hint(format!(
@@ -332,7 +333,7 @@ fn parse_ports(
                                 Code::InvalidValue,
                                 format!("unknown protocol {raw:?} on port {}", p.number),
                             ),
-                            &format!("{path}.protocol"),
+                            &path(".protocol"),
                         )
                         .value(raw)
                         .hint(format!("use one of {PROTOCOLS}; this port is ignored")),
@@ -352,7 +353,7 @@ fn parse_ports(
                                     p.number, p.name
                                 ),
                             ),
-                            &path,
+                            &path(""),
                         )
                         .hint("set protocol: HTTP (or name the port http-...) to get an HTTP listener and routes for it"),
                     );
@@ -385,14 +386,15 @@ fn parse_endpoints(
     let port_names: BTreeSet<&str> = ports.iter().map(|p| p.name.as_str()).collect();
     let mut out = Vec::new();
     for (i, ep) in se.endpoints.iter().enumerate() {
-        let path = format!("spec.endpoints[{i}]");
+        // Field paths, for diagnostics only.
+        let path = |suffix: &str| format!("spec.endpoints[{i}]{suffix}");
         let address = match ep.address.as_deref().map(str::trim) {
             Some(a) if !a.is_empty() => a.to_string(),
             _ => {
                 diags.push(
                     res.diag(
                         Diagnostic::error(Code::MissingField, "endpoint has no address"),
-                        &format!("{path}.address"),
+                        &path(".address"),
                     )
                     .hint("set the endpoint's address (an IP address, or a DNS name with resolution DNS); this endpoint is ignored"),
                 );
@@ -406,7 +408,7 @@ fn parse_endpoints(
                         Code::InvalidValue,
                         format!("endpoint address {address:?} is not an IP address"),
                     ),
-                    &format!("{path}.address"),
+                    &path(".address"),
                 )
                 .value(address.clone())
                 .hint("with resolution STATIC every endpoint must be an IP address or unix:// path; use resolution DNS for host names; this endpoint is ignored"),
@@ -415,7 +417,7 @@ fn parse_endpoints(
         }
         let mut endpoint_ports = BTreeMap::new();
         for (name, &number) in &ep.ports {
-            let port_path = format!("{path}.ports.{name}");
+            let port_path = || path(&format!(".ports.{name}"));
             if !port_names.contains(name.as_str()) {
                 diags.push(
                     res.diag(
@@ -423,7 +425,7 @@ fn parse_endpoints(
                             Code::InvalidValue,
                             format!("endpoint port {name:?} is not defined by the service entry"),
                         ),
-                        &port_path,
+                        &port_path(),
                     )
                     .value(name.clone())
                     .hint(format!(
@@ -444,7 +446,7 @@ fn parse_endpoints(
                             Code::InvalidValue,
                             format!("invalid endpoint port {number}"),
                         ),
-                        &port_path,
+                        &port_path(),
                     )
                     .value(number.to_string())
                     .hint("a port number must be between 1 and 65535; this mapping is ignored"),
@@ -676,15 +678,21 @@ fn add_service_entry(
         endpoints.truncate(1);
     }
 
+    // The hosts that get a service, checked first so that the last can take the endpoints
+    // instead of a copy (a service entry usually has one host). No check depends on the
+    // services of this entry: `seen_hosts` keeps its hosts distinct.
+    let dns_like = matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin);
+    let no_endpoints = se.endpoints.is_empty() && selector.is_none();
     let mut seen_hosts: BTreeSet<&str> = BTreeSet::new();
+    let mut accepted: Vec<&str> = Vec::with_capacity(se.hosts.len());
     for (i, host) in se.hosts.iter().enumerate() {
-        let path = format!("spec.hosts[{i}]");
+        let path = || format!("spec.hosts[{i}]");
         let host = host.trim();
         if host.is_empty() || host == "*" {
             diags.push(
                 res.diag(
                     Diagnostic::error(Code::InvalidValue, format!("invalid host {host:?}")),
-                    &path,
+                    &path(),
                 )
                 .value(host)
                 .hint("a host is a DNS name such as calcbackendsvc.challengeistio.svc.cluster.local (a leading *. wildcard is allowed); this host is ignored"),
@@ -695,15 +703,13 @@ fn add_service_entry(
             diags.push(
                 res.diag(
                     Diagnostic::warning(Code::DuplicateName, format!("duplicate host {host:?}")),
-                    &path,
+                    &path(),
                 )
                 .value(host)
                 .hint("remove the repeated host"),
             );
             continue;
         }
-        let dns_like = matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin);
-        let no_endpoints = se.endpoints.is_empty() && selector.is_none();
         if dns_like && no_endpoints && host.starts_with('*') {
             diags.push(
                 res.diag(
@@ -711,7 +717,7 @@ fn add_service_entry(
                         Code::InvalidValue,
                         format!("wildcard host {host:?} cannot be resolved with DNS"),
                     ),
-                    &path,
+                    &path(),
                 )
                 .value(host)
                 .hint("list endpoints, use resolution NONE, or name a concrete host; this host is ignored"),
@@ -725,7 +731,7 @@ fn add_service_entry(
                         Code::DuplicateResource,
                         format!("host {host:?} is already defined by {}", existing.source),
                     ),
-                    &path,
+                    &path(),
                 )
                 .value(host)
                 .hint(format!(
@@ -735,6 +741,14 @@ fn add_service_entry(
             );
             continue;
         }
+        accepted.push(host);
+    }
+
+    let (mut endpoints, mut ports) = (Some(endpoints), Some(ports));
+    let last = accepted.len().saturating_sub(1);
+    for (n, host) in accepted.into_iter().enumerate() {
+        // The last host takes the originals, the others copies.
+        let is_last = n == last;
         let service_endpoints = if dns_like && no_endpoints {
             // istiod resolves the host itself.
             vec![ServiceEndpoint {
@@ -745,19 +759,28 @@ fn add_service_entry(
                 locality: None,
             }]
         } else {
-            endpoints.clone()
+            take_or_clone(&mut endpoints, is_last)
         };
         registry.services.insert(
             host.to_string(),
             Service {
                 hostname: host.to_string(),
                 namespace: res.namespace().to_string(),
-                ports: ports.clone(),
+                ports: take_or_clone(&mut ports, is_last),
                 resolution,
                 endpoints: service_endpoints,
                 source: res.reference(),
             },
         );
+    }
+}
+
+/// The value itself for its last user, a copy for the others.
+fn take_or_clone<T: Clone + Default>(value: &mut Option<T>, last: bool) -> T {
+    if last {
+        value.take().unwrap_or_default()
+    } else {
+        value.clone().unwrap_or_default()
     }
 }
 
