@@ -49,10 +49,9 @@ pub(super) fn stream<B: Builder>(
     {
         return Err(GaveUp);
     }
-    let mut parser = Parser {
-        lines: text.split('\n').map(Line::new).collect(),
-        next: 0,
-    };
+    let mut lines = Vec::with_capacity(text.bytes().filter(|&b| b == b'\n').count() + 1);
+    lines.extend(text.split('\n').map(Line::new));
+    let mut parser = Parser { lines, next: 0 };
     let mut number = 0;
     loop {
         let Some(first) = parser.peek() else {

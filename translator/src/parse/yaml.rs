@@ -503,7 +503,8 @@ impl Builder for ValueBuilder {
     fn start(number: usize, _start: (u32, u32)) -> Self {
         ValueBuilder {
             number,
-            stack: Vec::new(),
+            // Deep enough for Istio resources without growing.
+            stack: Vec::with_capacity(16),
             root: None,
             anchors: BTreeMap::new(),
             nodes: 0,
