@@ -31,14 +31,13 @@ use crate::print::descriptor_pool;
 pub fn encode<M: Message + Name>(msg: &M) -> Vec<u8> {
     let bytes = msg.encode_to_vec();
     let name = M::full_name();
-    let table = &*TYPES;
-    match table.by_name.get(name.as_str()) {
-        Some(&t) if !table.needs_walk(t, &bytes) => bytes,
-        _ => match descriptor_pool().get_message_by_name(&name) {
-            Some(descriptor) => canonicalize(&descriptor, &bytes),
-            // Every type we emit is in the descriptor set (tested); fall back to prost's bytes.
-            None => bytes,
-        },
+    if is_plain(&name, &bytes) {
+        return bytes;
+    }
+    match descriptor_pool().get_message_by_name(&name) {
+        Some(descriptor) => canonicalize(&descriptor, &bytes),
+        // Every type we emit is in the descriptor set (tested); fall back to prost's bytes.
+        None => bytes,
     }
 }
 
@@ -212,19 +211,30 @@ impl TypeTable {
                 _ => return true,
             }
         }
-        let Some(value) = value else {
-            return false;
-        };
+        // A missing or unknown type: `canonicalize` keeps such a payload as it is, so the
+        // answer could be no; yes keeps [`is_plain`] simple (such an `Any` cannot be printed
+        // either). Never the case for what the translator builds.
         let Some(type_url) = type_url.and_then(|u| std::str::from_utf8(u).ok()) else {
             return true;
         };
         let type_name = type_url.rsplit('/').next().unwrap_or_default();
-        match self.by_name.get(type_name) {
-            Some(&t) => self.needs_walk(t, value),
-            // `canonicalize` keeps the payload of a type it does not know as it is.
-            None => false,
-        }
+        let Some(&t) = self.by_name.get(type_name) else {
+            return true;
+        };
+        value.is_some_and(|value| self.needs_walk(t, value))
     }
+}
+
+/// Is `bytes`, prost's encoding of a message named `full_name`, plain: every map field (at
+/// any depth, in `Any` payloads too) has at most one entry, and every `Any` payload is of a
+/// type the descriptor set knows? Then the bytes are canonical as they are, and printing
+/// them needs no map-key sorting nor can it fail on an unknown type.
+pub(crate) fn is_plain(full_name: &str, bytes: &[u8]) -> bool {
+    let table = &*TYPES;
+    table
+        .by_name
+        .get(full_name)
+        .is_some_and(|&t| !table.needs_walk(t, bytes))
 }
 
 /// A length-delimited payload at the start of `buf`, and the rest.

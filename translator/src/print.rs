@@ -162,8 +162,7 @@ pub fn resources_to_json(resources: &Resources) -> Value {
     Value::Object(map)
 }
 
-/// A list of messages that serializes like [`list_to_json`]'s array, one message at a time:
-/// each item's JSON tree is built, written and dropped before the next.
+/// A list of messages that serializes like [`list_to_json`]'s array, one message at a time.
 struct StreamedList<'a, M>(&'a [M]);
 
 impl<M: Message + Name> serde::Serialize for StreamedList<'_, M> {
@@ -171,14 +170,37 @@ impl<M: Message + Name> serde::Serialize for StreamedList<'_, M> {
         use serde::ser::SerializeSeq;
         let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
         for msg in self.0 {
-            seq.serialize_element(&item_to_json(msg))?;
+            seq.serialize_element(&StreamedItem(msg))?;
         }
         seq.end()
     }
 }
 
-/// [`resources_to_json`]'s object, streamed: the same serializer calls (so the same text), but
-/// only one resource's JSON tree exists at a time instead of the whole output's.
+/// One message, serialized like its [`item_to_json`] value. A plain message
+/// ([`crate::canonical::is_plain`]: no map with two entries, no unknown `Any` type) is
+/// written straight from its dynamic form: [`sort_map_keys`] would change nothing and it
+/// cannot fail. Otherwise its JSON tree is built, sorted and written. (The route
+/// configuration of a large mesh is a single message: its tree was most of the printing's
+/// time and memory.)
+struct StreamedItem<'a, M>(&'a M);
+
+impl<M: Message + Name> serde::Serialize for StreamedItem<'_, M> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let bytes = self.0.encode_to_vec();
+        let type_name = M::full_name();
+        let plain = crate::canonical::is_plain(&type_name, &bytes)
+            .then(|| descriptor_pool().get_message_by_name(&type_name))
+            .flatten()
+            .and_then(|descriptor| DynamicMessage::decode(descriptor, bytes.as_slice()).ok());
+        match plain {
+            Some(dynamic) => dynamic.serialize_with_options(serializer, &options()),
+            None => serde::Serialize::serialize(&item_to_json(self.0), serializer),
+        }
+    }
+}
+
+/// [`resources_to_json`]'s object, streamed: the same serializer calls (so the same text),
+/// without the whole output's JSON tree.
 struct StreamedResources<'a>(&'a Resources);
 
 impl serde::Serialize for StreamedResources<'_> {
@@ -195,7 +217,7 @@ impl serde::Serialize for StreamedResources<'_> {
 }
 
 /// Write all resources as pretty JSON: byte for byte
-/// `to_json_string(&resources_to_json(resources))`, without holding the whole JSON tree (at
+/// `to_json_string(&resources_to_json(resources))`, without building the JSON tree (at
 /// 10,000 services that tree is several times the size of the resources).
 pub fn write_resources_json<W: std::io::Write>(
     resources: &Resources,
@@ -208,7 +230,7 @@ pub fn write_resources_json<W: std::io::Write>(
 }
 
 /// Write all resources as block-style YAML: byte for byte
-/// `to_yaml_string(&resources_to_json(resources))`, one resource's JSON tree at a time.
+/// `to_yaml_string(&resources_to_json(resources))`, without building the JSON tree.
 pub fn write_resources_yaml<W: std::io::Write>(
     resources: &Resources,
     writer: W,
@@ -527,6 +549,20 @@ mod tests {
         assert!(listed[0]["@error"]
             .as_str()
             .is_some_and(|e| e.contains("RouteConfiguration")));
+        // The streamed printers say the same, and go on with the next resource.
+        let resources = Resources {
+            routes: vec![route, RouteConfiguration::default()],
+            ..Default::default()
+        };
+        let mut json = Vec::new();
+        write_resources_json(&resources, &mut json).expect("writing to memory");
+        let expected = to_json_string(&resources_to_json(&resources));
+        assert_eq!(String::from_utf8(json).expect("UTF-8"), expected);
+        assert!(expected.contains("@error"), "{expected}");
+        let mut yaml = Vec::new();
+        write_resources_yaml(&resources, &mut yaml).expect("writing to memory");
+        let expected = to_yaml_string(&resources_to_json(&resources));
+        assert_eq!(String::from_utf8(yaml).expect("UTF-8"), expected);
     }
 
     #[test]
