@@ -14,6 +14,7 @@
 //! cluster whose ClusterLoadAssignment is missing has no endpoints (503), a route to a missing
 //! cluster answers 503 NC.
 
+mod descriptors;
 mod fields;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -177,7 +178,7 @@ fn dedup_overlapping(errors: &mut Vec<CompileError>, walk_from: usize, typed_fro
 
 /// Pass 1 over one resource.
 fn check_fields<M: Message>(msg: &M, full_name: &str, e: &mut Errs<'_>) {
-    let pool = shadowplane_translator::print::descriptor_pool();
+    let pool = descriptors::pool();
     let Some(desc) = pool.get_message_by_name(full_name) else {
         e.err(
             "",
@@ -200,7 +201,7 @@ fn check_fields<M: Message>(msg: &M, full_name: &str, e: &mut Errs<'_>) {
 /// checks the raw bytes with this before decoding.
 pub fn unknown_fields(type_url: &str, name: &str, bytes: &[u8]) -> Vec<CompileError> {
     let full_name = type_url.rsplit('/').next().unwrap_or(type_url);
-    let pool = shadowplane_translator::print::descriptor_pool();
+    let pool = descriptors::pool();
     let mut out = Vec::new();
     let Some(desc) = pool.get_message_by_name(full_name) else {
         return out;

@@ -596,7 +596,7 @@ fn walk_any(any: &DynamicMessage, path: &str, out: &mut Vec<Unsupported>) {
         });
         return;
     }
-    let pool = shadowplane_translator::print::descriptor_pool();
+    let pool = super::descriptors::pool();
     let Some(desc) = pool.get_message_by_name(&type_name) else {
         out.push(Unsupported {
             field: path.to_string(),
@@ -623,7 +623,7 @@ mod tests {
 
     #[test]
     fn every_listed_message_and_field_exists_in_the_envoy_api() {
-        let pool = shadowplane_translator::print::descriptor_pool();
+        let pool = crate::forwarder::compile::descriptors::pool();
         for (name, fields) in SUPPORTED {
             let desc = pool
                 .get_message_by_name(name)
