@@ -6,10 +6,11 @@
 //! well-known types use their JSON forms (`"0s"` for a zero `Duration` that is set), enums print
 //! by name (`"MILLION"`), and 64-bit integers are strings, as the proto3 JSON mapping says.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use prost::{Message, Name};
-use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, SerializeOptions};
 use serde_json::{Map, Value};
 
 use crate::diag::Diagnostic;
@@ -190,12 +191,136 @@ impl<M: Message + Name> serde::Serialize for StreamedItem<'_, M> {
         let type_name = M::full_name();
         let plain = crate::canonical::is_plain(&type_name, &bytes)
             .then(|| descriptor_pool().get_message_by_name(&type_name))
-            .flatten()
-            .and_then(|descriptor| DynamicMessage::decode(descriptor, bytes.as_slice()).ok());
+            .flatten();
         match plain {
-            Some(dynamic) => dynamic.serialize_with_options(serializer, &options()),
+            Some(descriptor) => serialize_plain(descriptor, &bytes, serializer),
             None => serde::Serialize::serialize(&item_to_json(self.0), serializer),
         }
+    }
+}
+
+/// A plain message (see [`StreamedItem`]) from its encoding, with its repeated message
+/// fields written element by element, each element decoded on its own: a mesh's route
+/// configuration is one message with a virtual host per service, and decoding it whole took
+/// more memory than the rest of the translation. The same serializer calls as serializing the
+/// whole decoded message (prost-reflect writes the present fields in field-number order, a
+/// repeated message field as a sequence of its elements, each like a message on its own).
+fn serialize_plain<S: serde::Serializer>(
+    descriptor: MessageDescriptor,
+    bytes: &[u8],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::{Error, SerializeMap};
+    let whole = |serializer: S| match DynamicMessage::decode(descriptor.clone(), bytes) {
+        Ok(dynamic) => dynamic.serialize_with_options(serializer, &options()),
+        Err(e) => Err(S::Error::custom(e)),
+    };
+    // Well-known types have JSON forms of their own.
+    if descriptor.full_name().starts_with("google.protobuf.") {
+        return whole(serializer);
+    }
+    let Some((lists, rest)) = split_lists(&descriptor, bytes) else {
+        return whole(serializer);
+    };
+    if lists.is_empty() {
+        return whole(serializer);
+    }
+    // Everything but the lists, decoded and turned into JSON (small), in field order.
+    let rest = DynamicMessage::decode(descriptor.clone(), rest.as_slice())
+        .map_err(S::Error::custom)?
+        .serialize_with_options(serde_json::value::Serializer, &options())
+        .map_err(S::Error::custom)?;
+    let Value::Object(rest) = rest else {
+        return whole(serializer);
+    };
+    let mut map = serializer.serialize_map(None)?;
+    for field in descriptor.fields() {
+        match (lists.get(&field.number()), field.kind()) {
+            (Some(elements), Kind::Message(element)) => {
+                map.serialize_entry(field.name(), &Elements { element, elements })?;
+            }
+            _ => {
+                if let Some(value) = rest.get(field.name()) {
+                    map.serialize_entry(field.name(), value)?;
+                }
+            }
+        }
+    }
+    map.end()
+}
+
+/// The repeated message fields of `bytes` (field number → element encodings) and the
+/// encoding of everything else. `None` for bytes it does not expect (groups, bad lengths).
+#[allow(clippy::type_complexity)]
+fn split_lists<'b>(
+    descriptor: &MessageDescriptor,
+    bytes: &'b [u8],
+) -> Option<(BTreeMap<u32, Vec<&'b [u8]>>, Vec<u8>)> {
+    use prost::encoding::{decode_key, decode_varint, WireType};
+    let mut lists: BTreeMap<u32, Vec<&[u8]>> = BTreeMap::new();
+    let mut rest = Vec::new();
+    let mut buf = bytes;
+    while !buf.is_empty() {
+        let start = bytes.len() - buf.len();
+        let (tag, wire_type) = decode_key(&mut buf).ok()?;
+        let payload = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut buf).ok()?;
+                None
+            }
+            WireType::SixtyFourBit | WireType::ThirtyTwoBit => {
+                let n = if wire_type == WireType::SixtyFourBit {
+                    8
+                } else {
+                    4
+                };
+                buf = buf.get(n..)?;
+                None
+            }
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                let payload = buf.get(..len)?;
+                buf = &buf[len..];
+                Some(payload)
+            }
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        let list = descriptor
+            .get_field(tag)
+            .filter(|f| f.is_list() && matches!(f.kind(), Kind::Message(_)));
+        match (list, payload) {
+            (Some(_), Some(payload)) => lists.entry(tag).or_default().push(payload),
+            _ => rest.extend_from_slice(&bytes[start..bytes.len() - buf.len()]),
+        }
+    }
+    Some((lists, rest))
+}
+
+/// The elements of a repeated message field, each decoded when written.
+struct Elements<'a> {
+    element: MessageDescriptor,
+    elements: &'a [&'a [u8]],
+}
+
+impl serde::Serialize for Elements<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = serializer.serialize_seq(Some(self.elements.len()))?;
+        for bytes in self.elements {
+            let element =
+                DynamicMessage::decode(self.element.clone(), *bytes).map_err(S::Error::custom)?;
+            seq.serialize_element(&Plain(&element))?;
+        }
+        seq.end()
+    }
+}
+
+/// A decoded message, serialized as prost-reflect serializes it (with [`options`]).
+struct Plain<'a>(&'a DynamicMessage);
+
+impl serde::Serialize for Plain<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_with_options(serializer, &options())
     }
 }
 

@@ -1,5 +1,6 @@
 //! The fast serialization paths give the same bytes as the reference ones, on the translation
-//! of every golden case input (`testdata/translate/*`) and of a generated mesh:
+//! of every golden case input (`testdata/translate/*`) and of a generated mesh (one route
+//! configuration with many virtual hosts, some with two per-filter configs):
 //! - `print::write_resources_json` / `write_resources_yaml` (streamed) against
 //!   `to_json_string` / `to_yaml_string` of `resources_to_json` (one tree);
 //! - `canonical::encode` (which skips the wire walk when no map needs reordering) against
@@ -127,5 +128,47 @@ fn fast_serialization_matches_the_reference_on_maps_with_several_entries() {
             .count();
         assert!(maps > 0, "the case has a route with two per-filter configs");
         check("vs-fault-and-cors", &resources);
+    }
+}
+
+/// A mesh of `n` services in two namespaces: ServiceEntry, DestinationRule with subsets and a
+/// VirtualService splitting and mirroring; with `filters`, every third one also injects a
+/// fault and allows CORS (two `typed_per_filter_config` entries: not a plain message).
+fn mesh(n: usize, filters: bool) -> Vec<SourceFile> {
+    (0..n)
+        .map(|i| {
+            let ns = format!("ns-{}", i % 2);
+            let extra = if filters && i % 3 == 0 {
+                "    fault:\n      abort:\n        httpStatus: 503\n        percentage:\n          value: 1\n    corsPolicy:\n      allowOrigins:\n      - exact: https://example.com\n"
+            } else {
+                ""
+            };
+            let text = format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: s{i}\n  namespace: {ns}\nspec:\n  hosts:\n  - s{i}.{ns}.svc.cluster.local\n  ports:\n  - number: 8080\n    name: http\n    protocol: HTTP\n  resolution: STATIC\n  endpoints:\n  - address: 10.0.0.{a}\n    labels:\n      version: v1\n  - address: 10.0.1.{a}\n    labels:\n      version: v2\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: s{i}\n  namespace: {ns}\nspec:\n  host: s{i}\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: s{i}\n  namespace: {ns}\nspec:\n  hosts:\n  - s{i}\n  http:\n  - match:\n    - uri:\n        prefix: /api\n    route:\n    - destination:\n        host: s{i}\n        subset: v1\n      weight: 90\n    - destination:\n        host: s{i}\n        subset: v2\n      weight: 10\n    mirror:\n      host: s{i}\n      subset: v2\n{extra}",
+                a = i % 250 + 1,
+            );
+            SourceFile {
+                path: format!("mesh/s{i}.yaml"),
+                text,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn fast_serialization_matches_the_reference_on_a_generated_mesh() {
+    for filters in [false, true] {
+        let translation = translate_files(&mesh(60, filters), &Options::default());
+        assert!(!translation.has_errors(), "{:#?}", translation.diagnostics);
+        let resources = translation.resources;
+        assert_eq!(resources.routes.len(), 1);
+        assert!(resources.routes[0].virtual_hosts.len() >= 60);
+        let plain = shadowplane_translator::canonical::encode(&resources.routes[0])
+            == resources.routes[0].encode_to_vec();
+        assert_eq!(
+            plain, !filters,
+            "the route configuration is plain without filters"
+        );
+        check("generated mesh", &resources);
     }
 }
