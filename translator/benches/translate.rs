@@ -10,8 +10,9 @@
 //! - translate: `translate` (lowering to the model, then building the Envoy protos);
 //! - encode: `canonical::encode` of every resource, what `serve` does with a translation
 //!   (`Snapshot::from_resources`);
-//! - JSON: `print::write_resources_json` to a byte buffer, what `translate --output json`
-//!   does (reported on its own line, not part of the headline).
+//! - JSON: `print::write_resources_json` to a writer that counts the bytes and drops them,
+//!   what `translate --output json` does to stdout (reported on its own, not part of the
+//!   headline).
 //!
 //! The headline, "translation plus serialization", is parse + translate + encode. Everything
 //! those phases produce stays alive until the round ends, as in `serve` (which keeps the parsed
@@ -181,6 +182,20 @@ struct Round {
     memory: Memory,
 }
 
+/// A writer that only counts bytes.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Every resource encoded as `serve` encodes it for its snapshot.
 fn encode_all(r: &Resources) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(
@@ -215,11 +230,12 @@ fn round(files: &[SourceFile], options: &Options, measure_memory: bool, json: bo
         reset_peak_rss();
     }
     let json_from = Mark::now();
-    let mut output = Vec::new();
+    // Counted and dropped, as the CLI writes it to a file or stdout.
+    let mut output = Counter(0);
     if json {
-        // Writing to a Vec cannot fail.
+        // Counting cannot fail.
         print::write_resources_json(&translation.resources, &mut output)
-            .expect("writing JSON to memory");
+            .expect("writing JSON to a counter");
     }
     let json_at = Mark::now();
     if tracking && json {
@@ -232,7 +248,7 @@ fn round(files: &[SourceFile], options: &Options, measure_memory: bool, json: bo
         encode: encoded_at.since(encoded_from),
         json: json_at.since(json_from),
         encoded_bytes: encoded.iter().map(Vec::len).sum(),
-        json_bytes: output.len(),
+        json_bytes: output.0,
         counts: [
             r.listeners.len(),
             r.routes.len(),
