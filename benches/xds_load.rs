@@ -2006,9 +2006,11 @@ fn print_targets(loads: &[Value], envoys: &[Value]) {
     for v in loads {
         let ratio = num(v, "change_vs_full_push") * 100.0;
         lines.push(format!(
-            "- a one-route change sends under 1% of a full SotW push ({} x{}): {} ({ratio:.1}%)",
+            "- a one-route change sends under 1% of a full SotW push ({} x{}, {} services on {} port(s)): {} ({ratio:.2}%)",
             v["mode"].as_str().unwrap_or("?"),
             v["clients"],
+            v["services"],
+            v["ports"].as_u64().unwrap_or(1),
             verdict(ratio < 1.0)
         ));
     }
