@@ -25,6 +25,9 @@
 #   open loop    benches/forwarder_load.rs at $RATE requests per second over $CONNS keep-alive
 #                connections, latency from each request's due time (no coordinated omission):
 #                p50, p99 (and the proxy's CPU time per 1000 requests at that rate)
+#   one core     (PINNED=0 skips it) a second Envoy and forwarder with one worker each, both on
+#                the last CPU, wrk and nginx moved to CPU 0: closed-loop rounds where the proxy
+#                is the limit, with requests per CPU-second
 # and the peak RSS (VmHWM) of Envoy and the forwarder over the whole run. Medians of the rounds
 # and ratios are printed at the end; every raw figure goes to $OUT.
 #
@@ -41,7 +44,8 @@
 # when missing, as scripts/test.sh does).
 #
 # Environment: ROUNDS (3), DURATION (10, seconds per run), WARMUP (3), THREADS (2, wrk
-# threads), CONNS (64), CONCURRENCY (2), RATE, PORT_BASE (18480: listener; +1..+3 nginx;
+# threads), CONNS (64), CONCURRENCY (2), RATE, PINNED (1), PROFILE (set: perf profile of the
+# forwarder under wrk at the end), PORT_BASE (18480: listener; +1..+3 nginx;
 # +10 xDS; +11 serve admin; +12 Envoy admin; +13 forwarder admin), ENVOY_BIN, OUT.
 set -euo pipefail
 
@@ -201,6 +205,29 @@ PIDS+=($ENVOY_PID)
 FWD_PID=$!
 PIDS+=($FWD_PID)
 
+# One-core pair (PINNED=0 skips it): each proxy with one worker on the last CPU, the load
+# generator and nginx on CPU 0 (the method of the reference's 5.2: the proxy is the limit).
+PIN_CPU=$(( $(nproc) - 1 ))
+if [[ "${PINNED:-1}" != 0 && "$PIN_CPU" -ge 1 ]]; then
+    PIN_ENVOY_IP=127.0.0.3
+    PIN_FWD_IP=127.0.0.4
+    free_or_die "$LISTEN" "$PIN_ENVOY_IP"
+    free_or_die "$LISTEN" "$PIN_FWD_IP"
+    sed -e "s/port_value: 18000/port_value: $XDS/" -e "s/port_value: 15001/port_value: 0/" \
+        -e "s/^  id: .*/  id: envoy-bench-1core/" \
+        -e "s/^    NAMESPACE: challengeistio/    NAMESPACE: challengeistio\n    BIND_ADDRESS: $PIN_ENVOY_IP/" \
+        envoy-configs/ads-delta.yaml >"$WORK/envoy-1core.yaml"
+    taskset -c "$PIN_CPU" "$ENVOY_BIN" -c "$WORK/envoy-1core.yaml" --concurrency 1 -l warning \
+        --disable-hot-restart 2>"$WORK/envoy-1core.log" &
+    PIN_ENVOY_PID=$!
+    PIDS+=($PIN_ENVOY_PID)
+    taskset -c "$PIN_CPU" "$BIN" forward --xds "127.0.0.1:$XDS" --node-id forwarder-bench-1core \
+        --namespace challengeistio --bind-address "$PIN_FWD_IP" --concurrency 1 \
+        --admin-listen 127.0.0.1:0 2>"$WORK/forward-1core.log" &
+    PIN_FWD_PID=$!
+    PIDS+=($PIN_FWD_PID)
+fi
+
 wait_200() {
     local what=$1 url=$2 host=${3:-} i
     for i in $(seq 1 200); do
@@ -216,6 +243,10 @@ wait_200() {
 wait_200 nginx "http://127.0.0.1:$V1/"
 wait_200 Envoy "http://$ENVOY_IP:$LISTEN/" "$HOST"
 wait_200 forwarder "http://$FWD_IP:$LISTEN/" "$HOST"
+if [[ -n "${PIN_FWD_PID:-}" ]]; then
+    wait_200 "Envoy (1 core)" "http://$PIN_ENVOY_IP:$LISTEN/" "$HOST"
+    wait_200 "forwarder (1 core)" "http://$PIN_FWD_IP:$LISTEN/" "$HOST"
+fi
 
 # The same routing on both: v1 answers, v3 gets the copies.
 for target in "$ENVOY_IP" "$FWD_IP"; do
@@ -249,9 +280,17 @@ log "results: $OUT"
 
 wrk_run() {  # target url round phase [seconds]
     local target=$1 url=$2 round=$3 phase=$4 secs=${5:-$DURATION} out pid t0 t1
-    case $target in envoy) pid=$ENVOY_PID ;; forwarder) pid=$FWD_PID ;; *) pid="" ;; esac
+    local pin=()
+    case $target in
+        envoy) pid=$ENVOY_PID ;;
+        forwarder) pid=$FWD_PID ;;
+        envoy-1core) pid=$PIN_ENVOY_PID; pin=(taskset -c 0) ;;
+        forwarder-1core) pid=$PIN_FWD_PID; pin=(taskset -c 0) ;;
+        direct-1core) pid=""; pin=(taskset -c 0) ;;
+        *) pid="" ;;
+    esac
     t0="$([[ -n "$pid" ]] && cpu_ticks "$pid" || echo 0)"
-    out="$(wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --latency -H "Host: $HOST" "$url")"
+    out="$("${pin[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --latency -H "Host: $HOST" "$url")"
     t1="$([[ -n "$pid" ]] && cpu_ticks "$pid" || echo 0)"
     python3 - "$target" "$round" "$phase" "$out" "$(( t1 - t0 ))" "$TICKS" "$secs" >>"$OUT" <<'PY'
 import json, re, sys
@@ -328,6 +367,23 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 m2_envoy="$(mirrored_envoy)"; m2_fwd="$(mirrored_fwd)"
 
+if [[ -n "${PIN_FWD_PID:-}" ]]; then
+    log "closed loop, one core each: proxies on CPU $PIN_CPU, wrk and nginx on CPU 0, $ROUNDS rounds"
+    NGINX_MASTER="$(cat "$WORK/nginx/nginx.pid")"
+    for p in $NGINX_MASTER $(pgrep -P "$NGINX_MASTER"); do taskset -p -c 0 "$p" >/dev/null; done
+    pinned=(envoy-1core forwarder-1core direct-1core)
+    for round in $(seq 1 "$ROUNDS"); do
+        for k in 0 1 2; do
+            t="${pinned[$(( (round - 1 + k) % 3 ))]}"
+            case $t in
+                envoy-1core) wrk_run "$t" "http://$PIN_ENVOY_IP:$LISTEN/" "$round" closed ;;
+                forwarder-1core) wrk_run "$t" "http://$PIN_FWD_IP:$LISTEN/" "$round" closed ;;
+                direct-1core) wrk_run "$t" "$URL_DIRECT" "$round" closed ;;
+            esac
+        done
+    done
+fi
+
 if [[ -n "${PROFILE:-}" ]]; then
     command -v perf >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf
     log "profiling the forwarder under wrk for ${DURATION}s (perf record -g)"
@@ -377,6 +433,16 @@ print(f"{'  nginx direct (no proxy)':<34}{rng(d_rps)}")
 print(f"{'  forwarder / Envoy':<34}{f_rps[0] / e_rps[0]:>10.2f}   target >= 2.00")
 print(f"{'  forwarder / nginx direct':<34}{f_rps[0] / d_rps[0]:>10.2f}   target >= 0.50")
 print(f"{'  Envoy / nginx direct':<34}{e_rps[0] / d_rps[0]:>10.2f}")
+pe, pf, pd = (med("closed", t, "rps") for t in ("envoy-1core", "forwarder-1core", "direct-1core"))
+if pe[0] == pe[0]:  # not NaN: the one-core runs happened
+    pec, pfc = med("closed", "envoy-1core", "proxy_cores"), med("closed", "forwarder-1core", "proxy_cores")
+    print()
+    print(f"{'closed loop, one core each':<34}{'req/s':>10}  {'(min-max)':<16}{'proxy CPU cores':>16}")
+    print(f"{'  Envoy --concurrency 1':<34}{rng(pe):<28}{pec[0]:>16.2f}")
+    print(f"{'  forwarder --concurrency 1':<34}{rng(pf):<28}{pfc[0]:>16.2f}")
+    print(f"{'  nginx direct, wrk on CPU 0':<34}{rng(pd)}")
+    print(f"{'  forwarder / Envoy':<34}{pf[0] / pe[0]:>10.2f}")
+    print(f"{'  per CPU-second, forwarder / Envoy':<34}{(pf[0] / pfc[0]) / (pe[0] / pec[0]):>10.2f}")
 print()
 print(f"{'open loop at ' + format(rate, '.0f') + ' req/s':<34}{'p50 us':>10}{'p99 us':>10}{'p99.9 us':>10}{'CPU ms/1k req':>15}")
 print(f"{'  Envoy':<34}{e50[0]:>10.0f}{e99[0]:>10.0f}{e999[0]:>10.0f}{ecpu[0]:>15.1f}")
