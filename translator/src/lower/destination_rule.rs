@@ -20,8 +20,8 @@ pub struct MergedRule {
     pub host: String,
     /// Subsets in definition order; the first definition of a duplicate name wins.
     pub subsets: Vec<Subset>,
-    /// The first non-empty top-level traffic policy.
-    pub traffic_policy: Option<TrafficPolicy>,
+    /// The first non-empty top-level traffic policy (boxed like the Istio types').
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
     /// The rules that contributed, in input order.
     pub sources: Vec<ResourceRef>,
 }
@@ -63,8 +63,8 @@ impl RuleIndex {
         let rule = self.get(host)?;
         let subset_policy = subset
             .and_then(|name| rule.subsets.iter().find(|s| s.name == name))
-            .and_then(|s| s.traffic_policy.as_ref());
-        traffic_policy::effective(rule.traffic_policy.as_ref(), subset_policy, port)
+            .and_then(|s| s.traffic_policy.as_deref());
+        traffic_policy::effective(rule.traffic_policy.as_deref(), subset_policy, port)
             .load_balancer?
             .consistent_hash
             .as_ref()
@@ -95,7 +95,7 @@ fn check_rule<'a>(
     dr: &'a DestinationRuleSpec,
     options: &Options,
     diags: &mut Vec<Diagnostic>,
-) -> Option<(Accepted<'a>, Vec<Subset>, Option<TrafficPolicy>)> {
+) -> Option<(Accepted<'a>, Vec<Subset>, Option<Box<TrafficPolicy>>)> {
     let written = dr.host.trim();
     if written.is_empty() {
         diags.push(
@@ -137,7 +137,7 @@ fn check_rule<'a>(
     let policy = dr
         .traffic_policy
         .as_ref()
-        .map(|p| checker.traffic_policy(p, "spec.trafficPolicy"));
+        .map(|p| Box::new(checker.traffic_policy(p, "spec.trafficPolicy")));
     // A subset is ~1.5 KB (its traffic policy is inline): size these once.
     let mut subsets: Vec<(usize, &Subset)> = Vec::with_capacity(dr.subsets.len());
     let mut checked: Vec<Subset> = Vec::with_capacity(dr.subsets.len());
@@ -175,7 +175,7 @@ fn check_rule<'a>(
         let traffic_policy = s
             .traffic_policy
             .as_ref()
-            .map(|p| checker.traffic_policy(p, &format!("{path}.trafficPolicy")));
+            .map(|p| Box::new(checker.traffic_policy(p, &format!("{path}.trafficPolicy"))));
         subsets.push((i, s));
         checked.push(Subset {
             name: s.name.clone(),
@@ -510,7 +510,7 @@ pub fn build_clusters(
     let mut clusters = Vec::new();
     for svc in registry.services.values() {
         let rule = rules.get(&svc.hostname);
-        let rule_policy = rule.and_then(|r| r.traffic_policy.as_ref());
+        let rule_policy = rule.and_then(|r| r.traffic_policy.as_deref());
         for port in &svc.ports {
             clusters.push(build_cluster(svc, port, None, rule_policy));
             for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
@@ -552,7 +552,7 @@ fn build_cluster(
     };
     let eff = traffic_policy::effective(
         rule_policy,
-        subset.and_then(|s| s.traffic_policy.as_ref()),
+        subset.and_then(|s| s.traffic_policy.as_deref()),
         port.number,
     );
     let settings = traffic_policy::cluster_settings(&eff, port.protocol);
