@@ -249,15 +249,17 @@ fn serialize_plain<S: serde::Serializer>(
     map.end()
 }
 
-/// The repeated message fields of `bytes` (field number → element encodings) and the
-/// encoding of everything else. `None` for bytes it does not expect (groups, bad lengths).
-#[allow(clippy::type_complexity)]
+/// Field number → the encodings of the elements of a repeated message field.
+type Lists<'b> = BTreeMap<u32, Vec<&'b [u8]>>;
+
+/// The repeated message fields of `bytes` and the encoding of everything else. `None` for
+/// bytes it does not expect (groups, bad lengths).
 fn split_lists<'b>(
     descriptor: &MessageDescriptor,
     bytes: &'b [u8],
-) -> Option<(BTreeMap<u32, Vec<&'b [u8]>>, Vec<u8>)> {
+) -> Option<(Lists<'b>, Vec<u8>)> {
     use prost::encoding::{decode_key, decode_varint, WireType};
-    let mut lists: BTreeMap<u32, Vec<&[u8]>> = BTreeMap::new();
+    let mut lists = Lists::new();
     let mut rest = Vec::new();
     let mut buf = bytes;
     while !buf.is_empty() {
