@@ -2,6 +2,7 @@
 //! commands.
 
 mod backend;
+mod crds;
 mod demo;
 mod forward;
 mod output;
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 pub use backend::BackendArgs;
+pub use crds::CrdsArgs;
 pub use demo::DemoArgs;
 pub use forward::ForwardArgs;
 pub use serve::ServeArgs;
@@ -79,6 +81,9 @@ pub enum Command {
     /// Play the calc walkthrough end to end (serve, backends, data plane, traffic), nothing to install
     #[command(after_help = demo::AFTER_HELP)]
     Demo(DemoArgs),
+    /// Print CustomResourceDefinitions for the five Istio kinds (for clusters without Istio)
+    #[command(after_help = crds::AFTER_HELP)]
+    Crds(CrdsArgs),
 }
 
 /// Where the Istio YAML comes from (shared by every command).
@@ -147,6 +152,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backend(args) => backend::run(&args),
         Command::Forward(args) => forward::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Crds(args) => crds::run(&args),
     }
 }
 

@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{PortSelector, Unsupported};
+use super::{AnyValue, PortSelector, Unsupported};
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationRuleSpec {
     #[serde(default)]
@@ -18,10 +19,11 @@ pub struct DestinationRuleSpec {
     pub subsets: Vec<Subset>,
     #[serde(default)]
     pub export_to: Vec<String>,
+    #[schemars(with = "Option<AnyValue>")]
     pub workload_selector: Unsupported,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subset {
     #[serde(default)]
@@ -31,7 +33,7 @@ pub struct Subset {
     pub traffic_policy: Option<Box<TrafficPolicy>>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancerSettings>,
@@ -40,12 +42,15 @@ pub struct TrafficPolicy {
     pub tls: Option<ClientTlsSettings>,
     #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicy>,
+    #[schemars(with = "Option<AnyValue>")]
     pub tunnel: Unsupported,
+    #[schemars(with = "Option<AnyValue>")]
     pub proxy_protocol: Unsupported,
+    #[schemars(with = "Option<AnyValue>")]
     pub retry_budget: Unsupported,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortTrafficPolicy {
     pub port: Option<PortSelector>,
@@ -55,18 +60,21 @@ pub struct PortTrafficPolicy {
     pub tls: Option<ClientTlsSettings>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancerSettings {
     /// `UNSPECIFIED`, `LEAST_CONN`, `RANDOM`, `PASSTHROUGH`, `ROUND_ROBIN`, `LEAST_REQUEST`.
     pub simple: Option<String>,
     pub consistent_hash: Option<ConsistentHashLb>,
+    #[schemars(with = "Option<AnyValue>")]
     pub locality_lb_setting: Unsupported,
+    #[schemars(with = "Option<AnyValue>")]
     pub warmup_duration_secs: Unsupported,
+    #[schemars(with = "Option<AnyValue>")]
     pub warmup: Unsupported,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConsistentHashLb {
     pub http_header_name: Option<String>,
@@ -79,36 +87,37 @@ pub struct ConsistentHashLb {
     pub minimum_ring_size: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpCookie {
     #[serde(default)]
     pub name: String,
     pub path: Option<String>,
     pub ttl: Option<String>,
+    #[schemars(with = "Option<AnyValue>")]
     pub attributes: Unsupported,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RingHash {
     pub minimum_ring_size: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Maglev {
     pub table_size: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPoolSettings {
     pub tcp: Option<TcpSettings>,
     pub http: Option<HttpSettings>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSettings {
     pub max_connections: Option<i64>,
@@ -118,7 +127,7 @@ pub struct TcpSettings {
     pub idle_timeout: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpKeepalive {
     pub probes: Option<u32>,
@@ -126,7 +135,7 @@ pub struct TcpKeepalive {
     pub interval: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpSettings {
     pub http1_max_pending_requests: Option<i64>,
@@ -138,10 +147,11 @@ pub struct HttpSettings {
     pub h2_upgrade_policy: Option<String>,
     pub use_client_protocol: Option<bool>,
     pub max_concurrent_streams: Option<i64>,
+    #[schemars(with = "Option<AnyValue>")]
     pub http2_keep_alive: Unsupported,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     /// Deprecated: use `consecutive5xxErrors`.
@@ -156,7 +166,7 @@ pub struct OutlierDetection {
     pub min_health_percent: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientTlsSettings {
     /// `DISABLE`, `SIMPLE`, `MUTUAL`, `ISTIO_MUTUAL`.

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::Unsupported;
+use super::{AnyValue, Unsupported};
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewaySpec {
     #[serde(default)]
@@ -16,7 +17,7 @@ pub struct GatewaySpec {
     pub selector: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Server {
     #[serde(default)]
@@ -25,12 +26,14 @@ pub struct Server {
     /// `host` or `namespace/host`; `*` wildcards allowed.
     #[serde(default)]
     pub hosts: Vec<String>,
+    #[schemars(with = "Option<AnyValue>")]
     pub tls: Unsupported,
+    #[schemars(with = "Option<AnyValue>")]
     pub default_endpoint: Unsupported,
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayPort {
     #[serde(default)]
@@ -39,5 +42,6 @@ pub struct GatewayPort {
     pub protocol: String,
     #[serde(default)]
     pub name: String,
+    #[schemars(with = "Option<AnyValue>")]
     pub target_port: Unsupported,
 }

@@ -13,6 +13,7 @@ pub mod virtual_service;
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 pub use destination_rule::*;
@@ -24,9 +25,30 @@ pub use virtual_service::*;
 /// Lowering emits an `UnsupportedField` warning naming it when it is present.
 pub type Unsupported = Option<serde_yaml::Value>;
 
+/// The JSON Schema of an [`Unsupported`] field's value: anything is accepted (an object, a
+/// list, a string, a number), as the field is only parsed to be reported. In a Kubernetes CRD
+/// that is `x-kubernetes-preserve-unknown-fields: true` with no `type`, which the API server
+/// treats as structural. Fields use it as `#[schemars(with = "Option<AnyValue>")]`
+/// (`serde_yaml::Value` has no `JsonSchema` implementation of its own).
+pub struct AnyValue;
+
+impl JsonSchema for AnyValue {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AnyValue".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+    }
+}
+
 /// The Kubernetes object metadata we use. Unknown metadata fields are ignored on purpose:
 /// objects exported from a cluster carry `managedFields`, `uid` and friends.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     #[serde(default)]
@@ -55,7 +77,7 @@ impl ObjectMeta {
 
 /// Istio `StringMatch`: exactly one of exact/prefix/regex. `{}` (none set) means "present" for
 /// header and query-parameter matches; lowering validates the rest.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StringMatch {
     pub exact: Option<String>,
@@ -64,7 +86,7 @@ pub struct StringMatch {
 }
 
 /// Istio `Percent`: a double in [0, 100].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Percent {
     #[serde(default)]
@@ -72,7 +94,7 @@ pub struct Percent {
 }
 
 /// Istio `PortSelector`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortSelector {
     pub number: u32,

@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{Percent, PortSelector, StringMatch, Unsupported};
+use super::{AnyValue, Percent, PortSelector, StringMatch, Unsupported};
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VirtualServiceSpec {
     #[serde(default)]
@@ -15,13 +16,15 @@ pub struct VirtualServiceSpec {
     pub gateways: Vec<String>,
     #[serde(default)]
     pub http: Vec<HttpRoute>,
+    #[schemars(with = "Option<AnyValue>")]
     pub tls: Unsupported,
+    #[schemars(with = "Option<AnyValue>")]
     pub tcp: Unsupported,
     #[serde(default)]
     pub export_to: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRoute {
     pub name: Option<String>,
@@ -31,6 +34,7 @@ pub struct HttpRoute {
     pub route: Vec<HttpRouteDestination>,
     pub redirect: Option<HttpRedirect>,
     pub direct_response: Option<HttpDirectResponse>,
+    #[schemars(with = "Option<AnyValue>")]
     pub delegate: Unsupported,
     pub rewrite: Option<HttpRewrite>,
     /// Istio duration string (`10s`, `1.5s`, `100ms`).
@@ -48,7 +52,7 @@ pub struct HttpRoute {
     pub headers: Option<Headers>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpMatchRequest {
     pub name: Option<String>,
@@ -59,6 +63,7 @@ pub struct HttpMatchRequest {
     #[serde(default)]
     pub headers: BTreeMap<String, StringMatch>,
     pub port: Option<u32>,
+    #[schemars(with = "Option<AnyValue>")]
     pub source_labels: Unsupported,
     /// Config-time selector: overrides the VirtualService's `gateways` for this match.
     #[serde(default)]
@@ -68,11 +73,12 @@ pub struct HttpMatchRequest {
     pub ignore_uri_case: Option<bool>,
     #[serde(default)]
     pub without_headers: BTreeMap<String, StringMatch>,
+    #[schemars(with = "Option<AnyValue>")]
     pub source_namespace: Unsupported,
     pub stat_prefix: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Destination {
     #[serde(default)]
@@ -81,7 +87,7 @@ pub struct Destination {
     pub port: Option<PortSelector>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteDestination {
     #[serde(default)]
@@ -90,14 +96,14 @@ pub struct HttpRouteDestination {
     pub headers: Option<Headers>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Headers {
     pub request: Option<HeaderOperations>,
     pub response: Option<HeaderOperations>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderOperations {
     #[serde(default)]
@@ -108,7 +114,7 @@ pub struct HeaderOperations {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRedirect {
     pub uri: Option<String>,
@@ -121,7 +127,7 @@ pub struct HttpRedirect {
     pub prefix_rewrite: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpDirectResponse {
     #[serde(default)]
@@ -129,7 +135,7 @@ pub struct HttpDirectResponse {
     pub body: Option<HttpBody>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpBody {
     pub string: Option<String>,
@@ -137,7 +143,7 @@ pub struct HttpBody {
     pub bytes: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRewrite {
     pub uri: Option<String>,
@@ -145,7 +151,7 @@ pub struct HttpRewrite {
     pub uri_regex_rewrite: Option<RegexRewrite>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegexRewrite {
     #[serde(default, rename = "match")]
@@ -154,7 +160,7 @@ pub struct RegexRewrite {
     pub rewrite: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRetry {
     pub attempts: Option<i64>,
@@ -165,33 +171,35 @@ pub struct HttpRetry {
     pub backoff: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpFaultInjection {
     pub delay: Option<FaultDelay>,
     pub abort: Option<FaultAbort>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultDelay {
     pub percentage: Option<Percent>,
     pub fixed_delay: Option<String>,
+    #[schemars(with = "Option<AnyValue>")]
     pub exponential_delay: Unsupported,
     /// Deprecated integer percentage.
     pub percent: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultAbort {
     pub percentage: Option<Percent>,
     pub http_status: Option<u32>,
     pub grpc_status: Option<String>,
+    #[schemars(with = "Option<AnyValue>")]
     pub http2_error: Unsupported,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CorsPolicy {
     #[serde(default)]
@@ -211,7 +219,7 @@ pub struct CorsPolicy {
     pub unmatched_preflights: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpMirrorPolicy {
     pub destination: Option<Destination>,
