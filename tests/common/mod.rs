@@ -6,6 +6,8 @@
 //! subset of these helpers, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod kube_apiserver;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io::{Read, Write};
