@@ -54,7 +54,12 @@
 //!
 //! | flag | default | field |
 //! |---|---|---|
-//! | `--config PATH` (repeatable, required) | | `config_paths` |
+//! | `--config PATH` (repeatable; required without `--kubernetes`) | | `config_paths` |
+//! | `--kubernetes` | off | `kubernetes` (see [`crate::config_source::kubernetes`]) |
+//! | `--namespace NS` | all namespaces | `kubernetes.namespace` |
+//! | `--kubeconfig PATH` | `$KUBECONFIG`, `~/.kube/config`, in-cluster | `kubernetes.kubeconfig` |
+//! | `--kube-context NAME` | the kubeconfig's current context | `kubernetes.context` |
+//! | `--max-connection-age DURATION` | `30m` (`0`: never) | `max_connection_age` |
 //! | `--xds-listen ADDR:PORT` | `127.0.0.1:18000` | `xds_listen` |
 //! | `--admin-listen ADDR:PORT` | `127.0.0.1:19000` | `admin_listen` |
 //! | `--bind-address ADDR` | `0.0.0.0` (node metadata `BIND_ADDRESS` overrides) | `options.bind_address` |
@@ -68,11 +73,13 @@
 //!
 //! The command runs [`run`] on a tokio runtime with `std::future::pending()` as the extra
 //! shutdown future (SIGTERM and Ctrl-C are handled inside), and exits 0 when it returns `Ok`;
-//! a [`ServeError`] (a port in use, no `--config`) is a usage error. Logs go through
+//! a [`ServeError`] (a port in use, neither `--config` nor `--kubernetes`) is a usage error. Logs go through
 //! `tracing` (`RUST_LOG`): config changes at info, rejected configs at error, NACKs at warn,
 //! one line per push per proxy at debug.
 
 mod attribution;
+mod kube_events;
+mod reload;
 
 pub use attribution::SourceRef;
 
@@ -95,9 +102,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminView};
-use crate::config_source::{ConfigLoad, Debounce, FileSource, WatchError};
+use crate::config_source::{ConfigLoad, Debounce, KubeSourceConfig, SourceError, Sources};
 use crate::metrics::{Metrics, ReloadResult};
-use crate::xds::registry::ProxyStatus;
 use crate::xds::resource::{self, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::xds::{ProxyRegistry, Snapshot, SnapshotCache, StreamInfo, DEFAULT_GROUP};
 
@@ -136,10 +142,21 @@ pub struct ServeConfig {
     pub phase_timeout: Duration,
     /// How long shutdown waits for open connections before closing them.
     pub drain_timeout: Duration,
+    /// `--kubernetes`: also read Istio objects and Services from a Kubernetes API server.
+    pub kubernetes: Option<KubeSourceConfig>,
+    /// `--max-connection-age`: close xDS connections after this age (proxies reconnect,
+    /// which spreads them over replicas after a rollout). `None`: never.
+    pub max_connection_age: Option<Duration>,
 }
 
+/// Default `--max-connection-age`: istiod's `keepaliveMaxServerConnectionAge`.
+pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
+
+/// After `--max-connection-age`, how long open xDS streams get before the connection is cut.
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(10);
+
 impl ServeConfig {
-    /// Defaults for everything but the paths.
+    /// Defaults for everything but the paths (no Kubernetes).
     pub fn new(config_paths: Vec<PathBuf>) -> ServeConfig {
         ServeConfig {
             config_paths,
@@ -149,6 +166,8 @@ impl ServeConfig {
             debounce: Debounce::default(),
             phase_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
+            kubernetes: None,
+            max_connection_age: Some(DEFAULT_MAX_CONNECTION_AGE),
         }
     }
 }
@@ -156,7 +175,7 @@ impl ServeConfig {
 /// Why `serve` could not start or stopped with an error. Bad config is never one of these.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("no config given; pass --config PATH (a YAML file or a folder)")]
+    #[error("no config given; pass --config PATH or --kubernetes")]
     NoConfigPaths,
     #[error("cannot listen for {what} on {addr}: {source}; {hint}")]
     Bind {
@@ -167,7 +186,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Watch(#[from] WatchError),
+    Source(#[from] SourceError),
     #[error(transparent)]
     Xds(#[from] crate::xds::ServeError),
     #[error("a serve task failed: {0}")]
@@ -275,7 +294,7 @@ async fn bind(
 
 /// Bind both listeners, read the config once, and start everything in the background.
 pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServeError> {
-    if cfg.config_paths.is_empty() {
+    if cfg.config_paths.is_empty() && cfg.kubernetes.is_none() {
         return Err(ServeError::NoConfigPaths);
     }
     let xds_listener = bind(cfg.xds_listen, "xDS", "--xds-listen").await?;
@@ -297,7 +316,13 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServeError> {
             source,
         })?;
 
-    let source = FileSource::start(cfg.config_paths.clone(), cfg.debounce)?;
+    let source = Sources::start(
+        cfg.config_paths.clone(),
+        cfg.debounce,
+        cfg.kubernetes.clone(),
+        &cfg.options.domain_suffix,
+    )
+    .await?;
     let (group_tx, group_rx) = mpsc::unbounded_channel();
     let grouping = node_grouping(cfg.options.clone(), group_tx);
     let cache = Arc::new(SnapshotCache::with_stream_grouping(grouping));
@@ -311,21 +336,34 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServeError> {
         state: ArcSwap::from_pointee(ConfigState::default()),
         groups: Mutex::new(BTreeMap::new()),
         nacks: Mutex::new(VecDeque::new()),
+        kube_synced: source.kube().map(|k| k.synced_flag()),
     });
     // The first reading is applied before anything listens, so the first proxy to connect
-    // gets the config at once.
+    // gets the config at once. Generation 0 is no reading yet (Kubernetes still listing):
+    // the control loop applies the first one when it comes.
     let mut loads = source.subscribe();
     let first = loads.borrow_and_update().clone();
-    app.apply_load(&first);
+    if first.generation > 0 {
+        app.apply_load(&first);
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let drain = cfg.drain_timeout;
+    let xds_options = crate::xds::ServerOptions {
+        max_connection_age: cfg.max_connection_age.filter(|age| !age.is_zero()),
+        max_connection_age_grace: cfg
+            .max_connection_age
+            .filter(|age| !age.is_zero())
+            .map(|_| MAX_CONNECTION_AGE_GRACE),
+        ..crate::xds::ServerOptions::default()
+    };
     let task = tokio::spawn(supervise(
         app,
         source,
         loads,
         group_rx,
         xds_listener,
+        xds_options,
         admin_listener,
         shutdown_rx,
         drain,
@@ -346,20 +384,26 @@ async fn wait_for_true(mut rx: watch::Receiver<bool>) {
 #[allow(clippy::too_many_arguments)]
 async fn supervise(
     app: Arc<App>,
-    source: FileSource,
+    source: Sources,
     loads: watch::Receiver<Arc<ConfigLoad>>,
     groups: mpsc::UnboundedReceiver<(String, NodeView)>,
     xds_listener: TcpListener,
+    xds_options: crate::xds::ServerOptions,
     admin_listener: TcpListener,
     shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) -> Result<(), ServeError> {
-    let xds = tokio::spawn(crate::xds::serve(
+    let xds = tokio::spawn(crate::xds::serve_with_options(
         xds_listener,
         app.cache.clone(),
         app.registry.clone(),
+        xds_options,
         wait_for_true(shutdown.clone()),
     ));
+    // Diagnostics about Kubernetes objects become Events on them.
+    let events = source
+        .kube()
+        .map(|kube| kube_events::spawn(app.clone(), kube));
     let admin = tokio::spawn(admin::serve(
         admin_listener,
         app.clone() as Arc<dyn AdminView>,
@@ -398,6 +442,9 @@ async fn supervise(
     };
     drop(source);
     control.abort();
+    if let Some(events) = events {
+        events.abort();
+    }
     if tokio::time::timeout(drain, admin).await.is_err() {
         tracing::debug!("admin server did not stop within the drain time");
     }
@@ -406,6 +453,11 @@ async fn supervise(
 }
 
 /// Apply config readings and new node groups; watch ACKs and NACKs.
+///
+/// The loop does not poll the registry: it wakes when the registry reports a change (a stream
+/// connected, disconnected, acknowledged, rejected or was pushed to, see
+/// [`ProxyRegistry::changed`]), and otherwise only on a timer for phase timeouts and the
+/// convergence give-up. Each wake reads per-group counts, never a copy of every proxy.
 async fn control_loop(
     app: Arc<App>,
     mut loads: watch::Receiver<Arc<ConfigLoad>>,
@@ -416,13 +468,11 @@ async fn control_loop(
     let mut observer = Observer::default();
     let mut loads_open = true;
     loop {
-        // Phases wait on ACKs: look often. Convergence only measures: a bit less often.
-        let tick = if app.has_pending_phases() {
-            Duration::from_millis(20)
-        } else if observer.converging.is_some() {
-            Duration::from_millis(50)
+        // The timer only matters for phase timeouts and giving up on convergence.
+        let tick = if app.has_pending_phases() || observer.converging.is_some() {
+            Duration::from_millis(100)
         } else {
-            Duration::from_millis(200)
+            Duration::from_secs(1)
         };
         tokio::select! {
             _ = &mut shutdown => return,
@@ -439,11 +489,12 @@ async fn control_loop(
             Some((name, view)) = groups.recv() => {
                 app.add_group(&name, view);
             }
+            _ = app.registry.changed() => {}
             _ = tokio::time::sleep(tick) => {}
         }
-        let proxies = app.registry.snapshot();
-        app.advance_phases(&proxies);
-        observer.observe(&app, &proxies);
+        observer.mark_swaps(&app);
+        app.advance_phases();
+        observer.observe(&app);
     }
 }
 
@@ -596,6 +647,10 @@ pub fn blocks_serving(d: &Diagnostic) -> bool {
 struct Served {
     generation: u64,
     parsed: Arc<Parsed>,
+    /// Each file's parse, for the next reading.
+    parse_cache: reload::ParseCache,
+    /// The default view's snapshot: its encodings are reused for unchanged resources.
+    snapshot: Arc<Snapshot>,
     /// The default view's translation.
     translation: Arc<Translation>,
     /// Overall version of the default group's snapshot.
@@ -684,6 +739,8 @@ struct App {
     state: ArcSwap<ConfigState>,
     groups: Mutex<BTreeMap<String, Group>>,
     nacks: Mutex<VecDeque<NackRecord>>,
+    /// With `--kubernetes`: set once every watcher finished its first list.
+    kube_synced: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 fn now_unix_ms() -> u64 {
@@ -755,6 +812,8 @@ impl App {
     /// Translate and serve a reading if it is good. Returns whether any group's snapshot
     /// changed.
     fn apply_load(&self, load: &ConfigLoad) -> bool {
+        let _span = tracing::debug_span!("reload", generation = load.generation).entered();
+        let started = Instant::now();
         let files = match &load.result {
             Ok(files) => files,
             Err(e) => {
@@ -762,8 +821,16 @@ impl App {
                 return false;
             }
         };
-        let parsed = Arc::new(shadowplane_translator::parse::parse_files(files));
-        let translation = shadowplane_translator::translate(&parsed, &self.options);
+        let mut timings = reload::Timings::default();
+        let (parsed, parse_cache) = {
+            let state = self.state.load();
+            let empty = reload::ParseCache::default();
+            let cache = state.served.as_ref().map_or(&empty, |s| &s.parse_cache);
+            let (parsed, next, n) = reload::timed(&mut timings.parse, || cache.parse(files));
+            timings.files_parsed = n;
+            (Arc::new(parsed), next)
+        };
+        let translation = reload::translate_timed(&parsed, &self.options, &mut timings);
         for d in &translation.diagnostics {
             log_diagnostic(d);
         }
@@ -774,30 +841,47 @@ impl App {
             );
             return false;
         }
-        let default_snapshot = match Snapshot::from_resources(&translation.resources) {
+        let default_snapshot = match reload::timed(&mut timings.encode, || {
+            let state = self.state.load();
+            let previous = state
+                .served
+                .as_ref()
+                .map(|s| (&s.translation.resources, &*s.snapshot));
+            reload::snapshot_reusing(&translation.resources, previous)
+        }) {
             Ok(s) => s,
             Err(e) => {
                 self.reject(load.generation, Problem::Snapshot(e.to_string()));
                 return false;
             }
         };
-        for problem in default_snapshot.consistent().problems() {
+        let problems = reload::timed(&mut timings.check, || {
+            default_snapshot.consistent().problems()
+        });
+        for problem in problems {
             tracing::warn!("{problem}");
         }
         let version = snapshot_version(&default_snapshot);
         let previous_version = self.state.load().served.as_ref().map(|s| s.version.clone());
 
         // Every other group, translated from the same parse.
-        let mut changed = self.set_target(DEFAULT_GROUP, NodeView::default(), default_snapshot);
+        let snapshot = Arc::new(default_snapshot.clone());
+        let mut changed = reload::timed(&mut timings.set, || {
+            self.set_target(DEFAULT_GROUP, NodeView::default(), default_snapshot)
+        });
         let others: Vec<(String, NodeView)> = self
             .lock_groups()
             .iter()
             .filter(|(name, _)| name.as_str() != DEFAULT_GROUP)
             .map(|(name, g)| (name.clone(), g.view.clone()))
             .collect();
+        timings.other_groups = others.len();
         for (name, view) in others {
-            if let Some(snapshot) = self.translate_view(&parsed, &view) {
-                changed |= self.set_target(&name, view, snapshot);
+            let snapshot =
+                reload::timed(&mut timings.views, || self.translate_view(&parsed, &view));
+            if let Some(snapshot) = snapshot {
+                changed |=
+                    reload::timed(&mut timings.set, || self.set_target(&name, view, snapshot));
             }
         }
 
@@ -820,18 +904,25 @@ impl App {
             served: Some(Arc::new(Served {
                 generation: load.generation,
                 parsed,
+                parse_cache,
+                snapshot,
                 translation: Arc::new(translation),
                 version,
                 applied_unix_ms: now_unix_ms(),
             })),
             rejected: None,
         }));
+        timings.log(load.generation, started.elapsed());
         changed
     }
 
     /// Translate the served config for a non-default view.
     fn translate_view(&self, parsed: &Parsed, view: &NodeView) -> Option<Snapshot> {
-        let translation = shadowplane_translator::translate(parsed, &view.options(&self.options));
+        let translation = reload::translate_timed(
+            parsed,
+            &view.options(&self.options),
+            &mut reload::Timings::default(),
+        );
         let group = view.group();
         for d in translation.diagnostics.iter().filter(|d| blocks_serving(d)) {
             tracing::warn!(%group, "{}", one_line(d));
@@ -926,14 +1017,14 @@ impl App {
     }
 
     /// Push the next phase of every group whose proxies acknowledged the current one (or
-    /// that waited `phase_timeout`).
-    fn advance_phases(&self, proxies: &[ProxyStatus]) {
+    /// that waited `phase_timeout`). Reads the registry's per-group counts only.
+    fn advance_phases(&self) {
         let mut groups = self.lock_groups();
         for (name, group) in groups.iter_mut() {
             if group.pending.is_empty() {
                 continue;
             }
-            let acked = group_acked(name, &group.current, proxies);
+            let acked = group_synced(&self.registry, name, &group.current);
             if !acked && group.set_at.elapsed() < self.phase_timeout {
                 continue;
             }
@@ -946,6 +1037,8 @@ impl App {
                 group.current = next.clone();
                 group.set_at = Instant::now();
                 group.set_at_unix_ms = now_unix_ms();
+                // Before the swap, so that every push it causes is measured against it.
+                self.registry.mark_swap(name, group.set_at_unix_ms);
                 self.cache.set_snapshot(name, (*next).clone());
             }
         }
@@ -959,12 +1052,10 @@ impl App {
 }
 
 /// Whether every stream of `group` is in sync with `snapshot` (acknowledged it, or needed
-/// nothing from it) for each type it was sent.
-fn group_acked(group: &str, snapshot: &Snapshot, proxies: &[ProxyStatus]) -> bool {
-    proxies
-        .iter()
-        .filter(|p| p.group == group)
-        .all(|p| p.types.iter().all(|t| type_synced(t, snapshot)))
+/// nothing from it) for each type it was sent: the registry's per-group counts of
+/// `synced_version`, see [`type_synced`] for one stream.
+fn group_synced(registry: &ProxyRegistry, group: &str, snapshot: &Snapshot) -> bool {
+    registry.group_in_sync(group, |type_url| snapshot.version(type_url))
 }
 
 /// A type that was never sent needs nothing; otherwise the proxy must be in sync with the
@@ -1060,49 +1151,34 @@ const CONVERGENCE_GIVE_UP: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Observer {
-    /// (stream, type) → the last NACK time seen.
-    nacks_seen: BTreeMap<(u64, String), u64>,
-    /// (stream, type) → the swap time whose push was already measured.
-    pushes_seen: BTreeMap<(u64, String), u64>,
     /// Generation being converged and when it was applied.
     converging: Option<(u64, Instant)>,
 }
 
 impl Observer {
-    fn observe(&mut self, app: &App, proxies: &[ProxyStatus]) {
-        let live: BTreeSet<u64> = proxies.iter().map(|p| p.stream_id).collect();
-        self.nacks_seen.retain(|(id, _), _| live.contains(id));
-        self.pushes_seen.retain(|(id, _), _| live.contains(id));
-
-        let set_at: BTreeMap<String, u64> = app
+    /// Tell the registry when each group's snapshot was last swapped, so it can report the
+    /// first push after it (`set_target` swaps before the loop sees it; the registry also
+    /// counts pushes that went out in between).
+    fn mark_swaps(&self, app: &App) {
+        let swaps: Vec<(String, u64)> = app
             .lock_groups()
             .iter()
             .map(|(n, g)| (n.clone(), g.set_at_unix_ms))
             .collect();
-        for p in proxies {
-            for t in &p.types {
-                let key = (p.stream_id, t.type_url.clone());
-                // Push latency: first push after the group's latest swap.
-                // Pushes to a proxy that connected after the swap are initial fetches, not
-                // push latency.
-                if let (Some(pushed), Some(swapped)) = (t.last_push_unix_ms, set_at.get(&p.group)) {
-                    if pushed >= *swapped
-                        && p.connected_since_unix_ms <= *swapped
-                        && self.pushes_seen.get(&key) != Some(swapped)
-                    {
-                        self.pushes_seen.insert(key.clone(), *swapped);
-                        app.metrics
-                            .observe_push(&t.type_url, (pushed - swapped) as f64 / 1000.0);
-                    }
-                }
-                // NACKs.
-                if let Some(nack) = &t.last_nack {
-                    if self.nacks_seen.get(&key) != Some(&nack.at_unix_ms) {
-                        self.nacks_seen.insert(key, nack.at_unix_ms);
-                        app.on_nack(p, &t.type_url, nack);
-                    }
-                }
-            }
+        for (name, at) in swaps {
+            app.registry.mark_swap(&name, at);
+        }
+    }
+
+    /// Push delays and NACKs the registry reported, and whether the config being converged
+    /// is now acknowledged by every proxy.
+    fn observe(&mut self, app: &App) {
+        let events = app.registry.take_events();
+        for (type_url, seconds) in &events.push_delays {
+            app.metrics.observe_push(type_url, *seconds);
+        }
+        for e in &events.nacks {
+            app.on_nack(&e.node_id, &e.type_url, &e.nack);
         }
 
         if let Some((generation, since)) = self.converging {
@@ -1114,19 +1190,21 @@ impl Observer {
             if app.has_pending_phases() {
                 return;
             }
+            let with_streams = app.registry.groups_with_streams();
             let groups = app.lock_groups();
-            let all = proxies.iter().all(|p| match groups.get(&p.group) {
-                Some(g) => group_acked(&p.group, &g.current, std::slice::from_ref(p)),
+            let all = with_streams.iter().all(|name| match groups.get(name) {
+                Some(g) => group_synced(&app.registry, name, &g.current),
                 None => true,
             });
             drop(groups);
             if all {
-                if !proxies.is_empty() {
+                let proxies = app.registry.len();
+                if proxies > 0 {
                     let elapsed = since.elapsed();
                     tracing::debug!(
                         generation,
                         ?elapsed,
-                        proxies = proxies.len(),
+                        proxies,
                         "config converged: every proxy acknowledged it"
                     );
                     app.metrics.observe_convergence(elapsed.as_secs_f64());
@@ -1138,7 +1216,7 @@ impl Observer {
 }
 
 impl App {
-    fn on_nack(&self, proxy: &ProxyStatus, type_url: &str, nack: &crate::xds::NackStatus) {
+    fn on_nack(&self, node_id: &str, type_url: &str, nack: &crate::xds::NackStatus) {
         let served = self.state.load().served.clone();
         let sources = match &served {
             Some(s) => attribution::attribute(
@@ -1165,7 +1243,7 @@ impl App {
                 .join("; ")
         };
         tracing::warn!(
-            node = %proxy.node_id,
+            node = %node_id,
             type_url = resource::short_type(type_url),
             version = %nack.version,
             names = ?nack.resource_names,
@@ -1175,7 +1253,7 @@ impl App {
         );
         self.record_nack(NackRecord {
             at_unix_ms: nack.at_unix_ms,
-            node_id: proxy.node_id.clone(),
+            node_id: node_id.to_string(),
             type_url: type_url.to_string(),
             version: nack.version.clone(),
             resource_names: nack.resource_names.clone(),
@@ -1263,6 +1341,11 @@ impl AdminView for App {
         let state = self.state.load();
         if state.served.is_some() {
             return Ok(());
+        }
+        if let Some(synced) = &self.kube_synced {
+            if !synced.load(std::sync::atomic::Ordering::Acquire) {
+                return Err("waiting for the first complete list of the Kubernetes objects (API server errors are in the logs)".to_string());
+            }
         }
         Err(match &state.rejected {
             Some(r) => format!("no good config yet: {}", r.summary()),
