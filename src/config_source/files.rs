@@ -8,14 +8,22 @@
 //!   is removed and created again are both seen. A path that does not exist yet is picked up
 //!   when it appears.
 //!
+//! A reading waits for the file system to be quiet for [`Debounce::quiet`], and, on Linux,
+//! for every config file written in place to be closed by its writer (inotify reports both the
+//! writes and the close), at most [`Debounce::max_delay`] after the first event: a file is not
+//! read half written, however slowly it is written. (A half-written file that is read anyway,
+//! at the max delay or by a writer that closes and reopens it, is only a risk when it happens
+//! to be a valid config: one that does not parse is rejected and the last good config stays.)
+//!
 //! After each burst of events the watches are set up again (inotify drops the watch of a
 //! removed folder) *before* the files are read, so a change made while re-watching is read too.
 //! A reading identical to the previous one (same paths, same text, or the same error) is not
 //! emitted: reading our own files, editor swap files and unrelated files next to a watched file
 //! cause no reload.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,10 +45,16 @@ pub struct Debounce {
     pub max_delay: Duration,
 }
 
+/// Default quiet time. One save (an editor's write-then-rename, `kubectl cp`, a ConfigMap's
+/// symlink swap) produces its events within a few milliseconds, and files written in place are
+/// read only once closed (see the module documentation), so the quiet time only has to cover
+/// the gap between the events of one save, not the time a slow writer takes.
+pub const DEFAULT_QUIET: Duration = Duration::from_millis(20);
+
 impl Default for Debounce {
     fn default() -> Self {
         Debounce {
-            quiet: Duration::from_millis(100),
+            quiet: DEFAULT_QUIET,
             max_delay: Duration::from_secs(1),
         }
     }
@@ -115,9 +129,12 @@ impl FileSource {
 
         let (signal_tx, signal_rx) = mpsc::channel::<()>(1);
         let watched_roots = absolute.clone();
+        let writes = Arc::new(OpenWrites::default());
+        let writes_seen = writes.clone();
         let handler = move |event: notify::Result<Event>| match event {
             Ok(event) => {
-                if is_relevant(&event, &watched_roots) {
+                let closed = writes_seen.track(&event, &watched_roots);
+                if closed || is_relevant(&event, &watched_roots) {
                     // A full channel already holds a pending signal: nothing is lost.
                     let _ = signal_tx.try_send(());
                 }
@@ -128,7 +145,11 @@ impl FileSource {
             }
         };
         let watcher: Box<dyn Watcher + Send> = match notify::recommended_watcher(handler.clone()) {
-            Ok(w) => Box::new(w),
+            Ok(w) => {
+                // inotify reports writes and their close; other back ends may not report closes.
+                writes.enabled.store(cfg!(target_os = "linux"), Ordering::Relaxed);
+                Box::new(w)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot use file system notifications; polling the config every second instead");
                 Box::new(
@@ -156,6 +177,7 @@ impl FileSource {
             paths,
             absolute,
             Arc::new(Mutex::new(watches)),
+            writes,
             signal_rx,
             tx,
             debounce,
@@ -191,6 +213,7 @@ async fn reload_loop(
     paths: Vec<PathBuf>,
     absolute: Vec<PathBuf>,
     watches: Arc<Mutex<Watches>>,
+    writes: Arc<OpenWrites>,
     mut signals: mpsc::Receiver<()>,
     tx: watch::Sender<Arc<ConfigLoad>>,
     debounce: Debounce,
@@ -199,18 +222,32 @@ async fn reload_loop(
         if signals.recv().await.is_none() {
             return;
         }
-        let hard_deadline = Instant::now() + debounce.max_delay;
+        let first_event = Instant::now();
+        let hard_deadline = first_event + debounce.max_delay;
+        let mut bursts = 1u32;
         loop {
-            let quiet_deadline = (Instant::now() + debounce.quiet).min(hard_deadline);
+            // A file still open for writing: wait for its close (it signals), not a quiet time.
+            let deadline = if writes.busy() {
+                hard_deadline
+            } else {
+                (Instant::now() + debounce.quiet).min(hard_deadline)
+            };
             tokio::select! {
                 more = signals.recv() => {
                     if more.is_none() {
                         return;
                     }
+                    bursts += 1;
                 }
-                _ = sleep_until(quiet_deadline) => break,
+                _ = sleep_until(deadline) => break,
             }
         }
+        if writes.busy() {
+            tracing::debug!(max_delay = ?debounce.max_delay, "reading the config while a file is still open for writing: the max delay is reached");
+            // A close that was never reported must not hold later readings.
+            writes.clear();
+        }
+        let settled = Instant::now();
         if tx.is_closed() {
             return;
         }
@@ -231,6 +268,12 @@ async fn reload_loop(
                 continue;
             }
         };
+        tracing::debug!(
+            debounce_ms = ms(settled - first_event),
+            signals = bursts,
+            read_ms = ms(settled.elapsed()),
+            "config change settled and read"
+        );
         let previous = tx.borrow().clone();
         let mut load = ConfigLoad {
             generation: previous.generation,
@@ -246,6 +289,10 @@ async fn reload_loop(
             return;
         }
     }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// The set of paths given to the watcher, kept so it can be rebuilt.
@@ -310,10 +357,76 @@ fn nearest_existing_ancestor(path: &Path) -> Option<PathBuf> {
     None
 }
 
+/// Config files written in place whose writer has not closed them yet.
+#[derive(Default)]
+struct OpenWrites {
+    /// Only where closes are reported (inotify).
+    enabled: AtomicBool,
+    paths: Mutex<BTreeSet<PathBuf>>,
+}
+
+impl OpenWrites {
+    /// Follow one event. True when a tracked file was closed (or went away): a reading may be
+    /// waiting for it.
+    fn track(&self, event: &Event, roots: &[PathBuf]) -> bool {
+        use notify::event::{AccessKind, AccessMode, ModifyKind};
+        if !self.enabled.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut paths = self.paths.lock().unwrap_or_else(|p| p.into_inner());
+        match event.kind {
+            EventKind::Modify(ModifyKind::Data(_)) => {
+                for p in &event.paths {
+                    if is_config_file(p, roots) {
+                        paths.insert(p.clone());
+                    }
+                }
+                false
+            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(_)) => {
+                let before = paths.len();
+                for p in &event.paths {
+                    paths.remove(p);
+                }
+                paths.len() != before
+            }
+            _ => false,
+        }
+    }
+
+    fn busy(&self) -> bool {
+        !self
+            .paths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    fn clear(&self) {
+        self.paths.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// A file that a reading would read: a config path itself, or a YAML file inside a config
+/// folder (not hidden: editors' temporary files are written elsewhere and renamed).
+fn is_config_file(p: &Path, roots: &[PathBuf]) -> bool {
+    roots.iter().any(|root| {
+        p == root
+            || (p.starts_with(root)
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(config_files::is_config_file_name))
+    })
+}
+
 /// Does this event concern one of the config paths: something inside it, the path itself, a
-/// folder on the way to it, or an entry next to it (Kubernetes ConfigMap volumes update a
-/// mounted file by swapping a `..data` symlink beside it)? Reads (`Access`) and
-/// metadata-only changes are not changes.
+/// folder on the way to it, or an entry next to it that can change what the path points at
+/// (Kubernetes ConfigMap volumes update a mounted file, a symlink, by swapping a `..data`
+/// symlink beside it)? Reads (`Access`) and metadata-only changes are not changes, and neither
+/// are other files next to a config path that is not a symlink (a log file beside the config
+/// folder would otherwise cause a re-read per log line).
 fn is_relevant(event: &Event, roots: &[PathBuf]) -> bool {
     use notify::event::ModifyKind;
     match event.kind {
@@ -325,10 +438,19 @@ fn is_relevant(event: &Event, roots: &[PathBuf]) -> bool {
         return true;
     }
     event.paths.iter().any(|p| {
-        roots
-            .iter()
-            .any(|root| p.starts_with(root) || root.starts_with(p) || p.parent() == root.parent())
+        roots.iter().any(|root| {
+            p.starts_with(root)
+                || root.starts_with(p)
+                || (p.parent() == root.parent() && (is_dot_dot_entry(p) || root.is_symlink()))
+        })
     })
+}
+
+/// `..data`, `..2026_01_01...`: the entries of Kubernetes' atomic volume writer.
+fn is_dot_dot_entry(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(".."))
 }
 
 #[cfg(test)]
@@ -372,6 +494,12 @@ mod tests {
         assert!(is_relevant(&event(create, "/etc/mesh/vs.yaml"), &roots));
         assert!(is_relevant(&event(create, "/etc/mesh"), &roots));
         assert!(is_relevant(&event(create, "/etc/mesh/..data"), &roots));
+        // Not a symlink (it does not even exist): other files beside it are not its business.
+        let modify = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(!is_relevant(&event(modify, "/etc/mesh/serve.log"), &roots));
+        let folder = vec![PathBuf::from("/run/x/mesh")];
+        assert!(!is_relevant(&event(modify, "/run/x/serve.log"), &folder));
+        assert!(is_relevant(&event(modify, "/run/x/mesh/a.yaml"), &folder));
     }
 
     #[test]
@@ -536,6 +664,74 @@ mod tests {
         while texts(&load) != vec!["hello"] {
             load = next_load(&mut rx, load.generation).await;
         }
+    }
+
+    /// `kubectl cp`, `cat > file`: a file written in place, in pieces further apart than the
+    /// quiet time, is read only once its writer closed it, never half written.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_file_written_slowly_in_place_is_read_only_once_closed() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("conf");
+        std::fs::create_dir(&conf).expect("mkdir");
+        std::fs::write(conf.join("a.yaml"), "one").expect("write");
+        let debounce = Debounce {
+            quiet: Duration::from_millis(20),
+            max_delay: Duration::from_secs(5),
+        };
+        let source = FileSource::start(vec![conf.clone()], debounce).expect("start");
+        let mut rx = source.subscribe();
+        rx.borrow_and_update();
+
+        let mut file = std::fs::File::create(conf.join("a.yaml")).expect("open");
+        for piece in ["first ", "second ", "third"] {
+            file.write_all(piece.as_bytes()).expect("write");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            assert_eq!(
+                rx.borrow().generation,
+                1,
+                "read while still being written: {:?}",
+                texts(&rx.borrow())
+            );
+        }
+        drop(file);
+        let load = next_load(&mut rx, 1).await;
+        assert_eq!(texts(&load), vec!["first second third"]);
+    }
+
+    /// A writer that keeps the file open does not hold readings back for longer than the
+    /// max delay.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_file_held_open_is_read_at_the_max_delay() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("conf");
+        std::fs::create_dir(&conf).expect("mkdir");
+        std::fs::write(conf.join("a.yaml"), "one").expect("write");
+        let debounce = Debounce {
+            quiet: Duration::from_millis(20),
+            max_delay: Duration::from_millis(400),
+        };
+        let source = FileSource::start(vec![conf.clone()], debounce).expect("start");
+        let mut rx = source.subscribe();
+        rx.borrow_and_update();
+
+        let mut file = std::fs::File::create(conf.join("a.yaml")).expect("open");
+        let written = std::time::Instant::now();
+        file.write_all(b"kept open").expect("write");
+        let load = next_load(&mut rx, 1).await;
+        assert_eq!(texts(&load), vec!["kept open"]);
+        assert!(
+            written.elapsed() >= Duration::from_millis(300),
+            "read after {:?}, before the max delay",
+            written.elapsed()
+        );
+        drop(file);
+        // The close is not a change: no new reading.
+        let waited = tokio::time::timeout(Duration::from_millis(300), rx.changed()).await;
+        assert!(waited.is_err(), "unexpected reading: {:?}", rx.borrow());
     }
 
     #[tokio::test]

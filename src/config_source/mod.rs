@@ -148,11 +148,11 @@ fn merged(
                 kube.borrow_and_update().clone(),
             );
             let previous = tx.borrow().clone();
-            if let Some(load) = merge(&f, &k, previous.generation + 1) {
-                if previous.generation == 0 || !same_content(&load, &previous) {
-                    if tx.send(Arc::new(load)).is_err() {
-                        return;
-                    }
+            let next = merge(&f, &k, previous.generation + 1)
+                .filter(|load| previous.generation == 0 || !same_content(load, &previous));
+            if let Some(load) = next {
+                if tx.send(Arc::new(load)).is_err() {
+                    return;
                 }
             }
             tokio::select! {

@@ -405,7 +405,7 @@ pub fn service_entry_name(name: &str) -> String {
 /// `None` for a Service without ports (nothing to route).
 ///
 /// Endpoints: the ready ones (`conditions.ready` not `false`) of the IPv4 and IPv6 slices,
-/// one per address (sorted), each with its Pod's labels and its port for each Service port
+/// one per address and ports (sorted), each with its Pod's labels and its port for each Service port
 /// (the slice port of the same name). An endpoint whose Pod (`targetRef`) is not known yet is
 /// left out until the Pod is seen, as istiod does, so a subset never gets a Pod without its
 /// labels. A Service port missing from a slice falls back to the Service's numeric
@@ -445,7 +445,9 @@ pub fn service_entry(
     } else {
         spec.insert("location".into(), json!("MESH_INTERNAL"));
         spec.insert("resolution".into(), json!("STATIC"));
-        let mut by_address: BTreeMap<&str, Value> = BTreeMap::new();
+        // One endpoint per address and ports, as istiod keeps one per (address, port): the
+        // same address with other ports is another endpoint (hostNetwork Pods on one node).
+        let mut endpoints: BTreeMap<(&str, BTreeMap<&str, i32>), Value> = BTreeMap::new();
         let mut sorted: Vec<&&SliceInfo> = slices.iter().collect();
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
         for slice in sorted {
@@ -453,9 +455,6 @@ pub fn service_entry(
                 continue;
             }
             for ep in slice.endpoints.iter().filter(|e| e.ready) {
-                if by_address.contains_key(ep.address.as_str()) {
-                    continue;
-                }
                 let labels = match &ep.pod {
                     Some(pod) => match pods.get(pod) {
                         Some(labels) => labels.clone(),
@@ -474,20 +473,24 @@ pub fn service_entry(
                             .map(|(_, port)| (sp.name.as_str(), *port))
                     })
                     .collect();
+                let key = (ep.address.as_str(), ports);
+                if endpoints.contains_key(&key) {
+                    continue;
+                }
                 let mut endpoint = Map::new();
                 endpoint.insert("address".into(), json!(ep.address));
                 if !labels.is_empty() {
                     endpoint.insert("labels".into(), json!(labels));
                 }
-                if !ports.is_empty() {
-                    endpoint.insert("ports".into(), json!(ports));
+                if !key.1.is_empty() {
+                    endpoint.insert("ports".into(), json!(key.1));
                 }
-                by_address.insert(ep.address.as_str(), Value::Object(endpoint));
+                endpoints.insert(key, Value::Object(endpoint));
             }
         }
         spec.insert(
             "endpoints".into(),
-            Value::Array(by_address.into_values().collect()),
+            Value::Array(endpoints.into_values().collect()),
         );
     }
 
@@ -825,7 +828,7 @@ mod tests {
         );
         assert_eq!(r.reference.uid.as_deref(), Some("u-9"));
         // The translator parses it: the only diagnostic is the host no ServiceEntry defines.
-        let t = translate_files(&[r.file.clone()], &Options::default());
+        let t = translate_files(std::slice::from_ref(&r.file), &Options::default());
         assert!(
             t.diagnostics
                 .iter()
@@ -833,7 +836,7 @@ mod tests {
             "{:?}",
             t.diagnostics
         );
-        let parsed = shadowplane_translator::parse::parse_files(&[r.file.clone()]);
+        let parsed = shadowplane_translator::parse::parse_files(std::slice::from_ref(&r.file));
         assert_eq!(parsed.resources.len(), 1);
         assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
     }
@@ -973,6 +976,35 @@ spec:
     }
 
     #[test]
+    fn one_address_with_different_ports_is_two_endpoints() {
+        // hostNetwork Pods on one node: the node's IP, a named target port per Pod.
+        let svc = service(json!({"metadata": {"name": "calc", "namespace": "shop"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}));
+        let slice_for = |name: &str, pod: &str, port: i32| {
+            slice(json!({
+                "metadata": {"name": name, "namespace": "shop",
+                             "labels": {"kubernetes.io/service-name": "calc"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": port}],
+                "endpoints": [ep("127.0.0.1", pod, None)],
+            }))
+        };
+        let (a, b) = (slice_for("calc-a", "v1", 8081), slice_for("calc-b", "v2", 8082));
+        let pods = pods(&[("v1", &[("version", "v1")]), ("v2", &[("version", "v2")])]);
+        let se = service_entry(&svc, &[&a, &b], &pods, "cluster.local").expect("se");
+        let t = translate(&se, &SUBSETS.replace("reviews", "calc"));
+        assert!(!t.has_errors(), "{:?}", t.diagnostics);
+        assert_eq!(
+            endpoints_of(&t, "outbound|80||calc.shop.svc.cluster.local"),
+            ["127.0.0.1:8081", "127.0.0.1:8082"]
+        );
+        assert_eq!(
+            endpoints_of(&t, "outbound|80|v2|calc.shop.svc.cluster.local"),
+            ["127.0.0.1:8082"]
+        );
+    }
+
+    #[test]
     fn an_unnamed_port_maps_to_the_slice_port() {
         let svc = service(json!({"metadata": {"name": "web", "namespace": "shop"},
                                  "spec": {"ports": [{"port": 80, "targetPort": 8080}]}}));
@@ -984,7 +1016,7 @@ spec:
             "endpoints": [{"addresses": ["10.1.0.1"]}],
         }));
         let se = service_entry(&svc, &[&s], &BTreeMap::new(), "cluster.local").expect("se");
-        let t = translate_files(&[se.file.clone()], &Options::default());
+        let t = translate_files(std::slice::from_ref(&se.file), &Options::default());
         assert!(!t.has_errors(), "{:?}\n{}", t.diagnostics, se.file.text);
         assert_eq!(
             endpoints_of(&t, "outbound|80||web.shop.svc.cluster.local"),
