@@ -26,6 +26,7 @@ pub struct VirtualServiceSpec {
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = mirror_percent_alias)]
 pub struct HttpRoute {
     pub name: Option<String>,
     #[serde(default, rename = "match")]
@@ -50,6 +51,16 @@ pub struct HttpRoute {
     pub mirror_percentage: Option<Percent>,
     pub cors_policy: Option<CorsPolicy>,
     pub headers: Option<Headers>,
+}
+
+/// The schema of `mirror_percent`, the other spelling of `mirrorPercent` that Istio's CRD
+/// also has: the serde alias above, which schemars does not see.
+fn mirror_percent_alias(schema: &mut schemars::Schema) {
+    if let Some(properties) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        if let Some(field) = properties.get("mirrorPercent").cloned() {
+            properties.insert("mirror_percent".to_string(), field);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
