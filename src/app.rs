@@ -66,7 +66,7 @@
 //! | `--no-shadow-suffix` | off | `options.disable_shadow_host_suffix` |
 //! | `--proxy-namespace NS` | none (node metadata `NAMESPACE` overrides) | `options.proxy_namespace` |
 //! | `--domain-suffix SUFFIX` | `cluster.local` | `options.domain_suffix` |
-//! | `--debounce DURATION` | `100ms` | `debounce.quiet` |
+//! | `--debounce DURATION` | `20ms` | `debounce.quiet` |
 //! | `--debounce-max DURATION` | `1s` | `debounce.max_delay` |
 //! | `--phase-timeout DURATION` | `5s` | `phase_timeout` |
 //! | `--drain-timeout DURATION` | `5s` | `drain_timeout` |

@@ -39,6 +39,8 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<SourceFile>, ConfigFilesError> {
         return Err(ConfigFilesError::NoPaths);
     }
     let mut files: Vec<PathBuf> = Vec::new();
+    // A file can only be reached twice through a second path or a symlink in a folder.
+    let mut may_repeat = paths.len() > 1;
     for path in paths {
         let meta = match fs::metadata(path) {
             Ok(meta) => meta,
@@ -56,7 +58,7 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<SourceFile>, ConfigFilesError> {
         };
         if meta.is_dir() {
             let before = files.len();
-            walk(path, &mut files)?;
+            walk(path, &mut files, &mut may_repeat)?;
             if files.len() == before {
                 return Err(ConfigFilesError::NoYamlFiles {
                     path: display(path),
@@ -71,17 +73,19 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<SourceFile>, ConfigFilesError> {
     let mut out = Vec::with_capacity(files.len());
     for file in files {
         // Deduplicate on the canonical path when there is one; the printed path stays as given.
-        let key = fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
-        if !seen.insert(key) {
-            continue;
+        if may_repeat {
+            let key = fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
+            if !seen.insert(key) {
+                continue;
+            }
         }
         out.push(read(&file)?);
     }
     Ok(out)
 }
 
-/// Recursively add the YAML files under `dir` in sorted order.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ConfigFilesError> {
+/// Recursively add the YAML files under `dir` in sorted order; note a symlink.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, symlinks: &mut bool) -> Result<(), ConfigFilesError> {
     let io_err = |source| ConfigFilesError::Io {
         path: display(dir),
         source,
@@ -89,6 +93,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ConfigFilesError> {
     let mut entries = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
+        // The entry's own type (not followed), known from the directory listing.
+        if entry.file_type().map_or(true, |t| t.is_symlink()) {
+            *symlinks = true;
+        }
         entries.push(entry.path());
     }
     entries.sort();
@@ -105,7 +113,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ConfigFilesError> {
             source,
         })?;
         if meta.is_dir() {
-            walk(&entry, out)?;
+            walk(&entry, out, symlinks)?;
         } else if is_yaml(name) {
             out.push(entry);
         }
@@ -115,6 +123,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ConfigFilesError> {
 
 fn is_yaml(name: &str) -> bool {
     name.ends_with(".yaml") || name.ends_with(".yml")
+}
+
+/// A file name a folder walk reads: `*.yaml` or `*.yml`, not hidden.
+pub(crate) fn is_config_file_name(name: &str) -> bool {
+    !name.starts_with('.') && is_yaml(name)
 }
 
 fn read(path: &Path) -> Result<SourceFile, ConfigFilesError> {
@@ -219,6 +232,19 @@ mod tests {
         ])
         .expect("collect");
         assert_eq!(names(&files, root), vec!["z.yaml", "folder/a.yaml"]);
+    }
+
+    /// One folder: a file reached through a symlink in it too is read once.
+    #[cfg(unix)]
+    #[test]
+    fn a_file_linked_twice_in_one_folder_is_read_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        write(root, "a.yaml", "a");
+        std::os::unix::fs::symlink(root.join("a.yaml"), root.join("b.yaml")).expect("symlink");
+        write(root, "c.yaml", "c");
+        let files = collect(&[root.to_path_buf()]).expect("collect");
+        assert_eq!(names(&files, root), vec!["a.yaml", "c.yaml"]);
     }
 
     #[test]

@@ -102,8 +102,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value_t = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
 
-    /// Re-read the config once the files have been quiet this long after a change.
-    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    /// Re-read the config once the files have been quiet this long after a change (and files
+    /// written in place have been closed, up to --debounce-max).
+    #[arg(long, value_name = "DURATION", default_value = "20ms", value_parser = parse_duration)]
     pub debounce: Duration,
 
     /// Re-read at the latest this long after the first change of a burst, even if the files

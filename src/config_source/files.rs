@@ -147,7 +147,9 @@ impl FileSource {
         let watcher: Box<dyn Watcher + Send> = match notify::recommended_watcher(handler.clone()) {
             Ok(w) => {
                 // inotify reports writes and their close; other back ends may not report closes.
-                writes.enabled.store(cfg!(target_os = "linux"), Ordering::Relaxed);
+                writes
+                    .enabled
+                    .store(cfg!(target_os = "linux"), Ordering::Relaxed);
                 Box::new(w)
             }
             Err(e) => {

@@ -56,6 +56,28 @@ pub fn parse_file(path: &str, text: &str) -> Parsed {
     parsed
 }
 
+/// Parse one file without the duplicate check: the part of [`parse_files`] that depends on
+/// this file alone, so a caller can keep it while the file's text does not change.
+/// [`combine`] of the parts of every file, in order, is exactly [`parse_files`] of the files.
+pub fn parse_file_unchecked(path: &str, text: &str) -> Parsed {
+    let mut parsed = Parsed::default();
+    parse_into(path, text, &mut parsed);
+    parsed
+}
+
+/// The parse of a set of files from the parses of each ([`parse_file_unchecked`]), in file
+/// order: their resources and diagnostics one after the other, then resources defined twice
+/// (same kind, namespace and name) reported and dropped as [`parse_files`] does.
+pub fn combine<'a>(parts: impl IntoIterator<Item = &'a Parsed>) -> Parsed {
+    let mut parsed = Parsed::default();
+    for part in parts {
+        parsed.resources.extend(part.resources.iter().cloned());
+        parsed.diagnostics.extend(part.diagnostics.iter().cloned());
+    }
+    drop_duplicates(&mut parsed);
+    parsed
+}
+
 /// Parse one file's documents into `out`, without the duplicate check.
 ///
 /// Positions are only needed for diagnostics: the documents are loaded without them, and each

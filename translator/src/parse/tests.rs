@@ -1162,3 +1162,49 @@ fn replace_node(v: &mut Value, n: &mut usize, with: &Value) -> bool {
         _ => false,
     }
 }
+
+/// A cache of per-file parses gives what one parse of all the files gives: the same resources
+/// in the same order and the same diagnostics, duplicates across and within files included.
+#[test]
+fn combining_per_file_parses_is_parsing_the_files() {
+    let files = [
+        SourceFile {
+            path: "base.yaml".to_string(),
+            text: SEED_BASE.to_string(),
+        },
+        SourceFile {
+            path: "mirror.yaml".to_string(),
+            text: format!("{SEED_MIRROR}---\n{SEED_RESET}"),
+        },
+        SourceFile {
+            path: "broken.yaml".to_string(),
+            text: "kind: VirtualService\n  bad: [\n".to_string(),
+        },
+        SourceFile {
+            path: "reset.yaml".to_string(),
+            text: SEED_RESET.to_string(),
+        },
+    ];
+    let whole = parse_files(&files);
+    let parts: Vec<Parsed> = files
+        .iter()
+        .map(|f| parse_file_unchecked(&f.path, &f.text))
+        .collect();
+    let combined = combine(&parts);
+    assert_eq!(combined.resources, whole.resources);
+    assert_eq!(combined.diagnostics, whole.diagnostics);
+    let dups = combined
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == Code::DuplicateResource)
+        .count();
+    assert!(dups >= 3, "{:#?}", combined.diagnostics);
+    assert!(
+        combined
+            .diagnostics
+            .iter()
+            .any(|d| d.code == Code::YamlSyntax),
+        "{:#?}",
+        combined.diagnostics
+    );
+}
