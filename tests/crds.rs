@@ -530,6 +530,11 @@ fn schema_accepts_exactly_what_the_translator_parses() {
             }
         }
     }
+    eprintln!(
+        "{} files: {accepted} documents accepted, {rejected} rejected by both the schema and the \
+         parser, {clean_case_docs} from error-free cases",
+        files.len()
+    );
     assert!(
         disagreements.is_empty(),
         "the CRD schema and the translator disagree:\n{}",
