@@ -659,6 +659,7 @@ fn kube_watcher_lists_watches_resumes_and_relists_after_410() {
             }
         }
         assert!(saw_410, "the watcher got 410 Gone");
+        assert!(server.expired_watches() >= 1, "counted as an expired watch");
         relisted.sort();
         assert_eq!(relisted, ["a", "d"]);
     });

@@ -817,6 +817,10 @@ fn serve_survives_api_server_restarts_and_relists_after_compaction() {
         lists_after > lists_before,
         "the VirtualServices were listed again after 410 Gone"
     );
+    assert!(
+        rig.api.expired_watches() >= 1,
+        "a watch from a compacted resourceVersion got 410 Expired"
+    );
 
     // A plain restart: the watches resume; a change made after it arrives.
     rig.api.restart();
@@ -962,4 +966,149 @@ fn the_namespace_flag_scopes_what_is_watched() {
         "requests outside --namespace: {unscoped:?}"
     );
     rig.finish();
+}
+
+#[test]
+fn readyz_waits_for_the_first_complete_sync() {
+    let mut api = KubeApiServer::start();
+    let dir = TempDir::new("kubernetes");
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    api.apply(&service(NS, "calc", common::free_port()));
+    api.stop();
+    let serve = Serve::start(&kubeconfig, &[]);
+    let status = eventually("admin answers", Duration::from_secs(20), || {
+        serve.try_get("/readyz").map(|(s, _)| s)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", serve.tail()));
+    assert_eq!(status, 503, "not ready before the API server was read");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(serve.try_get("/readyz").map(|r| r.0), Ok(503));
+    assert_eq!(serve.try_get("/healthz").map(|r| r.0), Ok(200));
+    api.resume();
+    eventually(
+        "ready once the objects are listed",
+        RESYNC_TIMEOUT,
+        || match serve.try_get("/readyz") {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", serve.tail()));
+    let config = serve.config().to_string();
+    assert!(config.contains(HOST), "the Service is served");
+    api.assert_no_rejections();
+}
+
+/// The number of resources `serve` pushed, all types together.
+fn pushed_resources(serve: &Serve) -> f64 {
+    serve.metric("shadowplane_xds_push_resources_total", "")
+}
+
+/// Whether Envoy `node_id` is connected to `serve` with every type it subscribed SYNCED.
+fn synced(serve: &Serve, node_id: &str) -> Result<(), String> {
+    let proxies: Value = serde_json::from_str(&serve.try_get("/debug/proxies")?.1)
+        .map_err(|e| format!("/debug/proxies: {e}"))?;
+    let mine: Vec<&Value> = proxies["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["node_id"] == node_id)
+        .collect();
+    let types: Vec<&Value> = mine
+        .iter()
+        .flat_map(|p| p["types"].as_array().into_iter().flatten())
+        .collect();
+    if types.len() >= 4 && types.iter().all(|t| t["sync"] == "SYNCED") {
+        Ok(())
+    } else {
+        Err(format!("{node_id} on this replica: {mine:?}"))
+    }
+}
+
+#[test]
+fn an_envoy_moving_to_the_other_replica_gets_no_spurious_push() {
+    let api = KubeApiServer::start();
+    let dir = TempDir::new("kubernetes");
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let (v1, v2) = (Backend::start("v1"), Backend::start("v2"));
+    let port = common::free_port();
+    api.apply(&service(NS, "calc", port));
+    for (b, version) in [(&v1, "v1"), (&v2, "v2")] {
+        let name = format!("calc-{version}");
+        api.apply(&pod(NS, &name, "calc", version, b.port()));
+        api.apply(&slice(NS, "calc", &name, b.port(), true));
+    }
+    api.apply(&destination_rule("v1", &[("v1", "v1"), ("v2", "v2")]));
+    api.apply(&virtual_service("v1", "v2", None));
+    let mut a = Serve::start(&kubeconfig, &[]);
+    let mut b = Serve::start(&kubeconfig, &[]);
+    a.wait_ready();
+    b.wait_ready();
+    // One Envoy whose xDS cluster has both replicas (like the Service in front of them).
+    let mut boot: serde_yaml::Value =
+        serde_yaml::from_str(&bootstrap("ads-delta.yaml", a.xds_port, "envoy-mover"))
+            .expect("YAML");
+    let endpoints = &mut boot["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+        ["lb_endpoints"];
+    let first = endpoints[0].clone();
+    let mut second = first.clone();
+    second["endpoint"]["address"]["socket_address"]["port_value"] = u64::from(b.xds_port).into();
+    *endpoints = serde_yaml::Value::Sequence(vec![first, second]);
+    let mut envoy = EnvoyProcess::start(&serde_yaml::to_string(&boot).expect("YAML"));
+    envoy.wait_for_listener(port);
+    let client = HttpClient::new();
+    let answer = |path: &str| -> Result<String, String> {
+        let r = client.try_request("GET", port, HOST, path, &[], Vec::new())?;
+        r.header("x-backend-version")
+            .map(str::to_string)
+            .ok_or_else(|| format!("{} {}", r.status, r.body_string()))
+    };
+    assert_eq!(answer("/first").as_deref(), Ok("v2"));
+    // Which replica it is on; the other has pushed nothing yet.
+    let (on, other) = eventually("envoy synced on one replica", CHANGE_TIMEOUT, || {
+        if synced(&a, "envoy-mover").is_ok() {
+            Ok(true)
+        } else if synced(&b, "envoy-mover").is_ok() {
+            Ok(false)
+        } else {
+            Err("not synced on either".to_string())
+        }
+    })
+    .map(|on_a| if on_a { (a, b) } else { (b, a) })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        pushed_resources(&on) > 0.0,
+        "the replica Envoy is on pushed its resources (and the metric exists)"
+    );
+    assert_eq!(
+        pushed_resources(&other),
+        0.0,
+        "no Envoy on the other replica yet"
+    );
+    // The replica it is on goes away: Envoy reconnects to the other, which has the same
+    // versions, so nothing needs to be sent again.
+    drop(on);
+    eventually("envoy synced on the other replica", RESYNC_TIMEOUT, || {
+        synced(&other, "envoy-mover")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", other.tail()));
+    assert_eq!(answer("/moved").as_deref(), Ok("v2"));
+    assert_eq!(
+        pushed_resources(&other),
+        0.0,
+        "an Envoy reconnecting with the same versions gets no resource again:\n{}",
+        other.get("/metrics")
+    );
+    // A real change still reaches it through the new replica.
+    api.apply(&virtual_service("v1", "v1", None));
+    eventually("a change after the move", CHANGE_TIMEOUT, || {
+        match answer("/changed") {
+            Ok(v) if v == "v1" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", other.tail()));
+    assert!(pushed_resources(&other) > 0.0, "the change was pushed");
+    drop(envoy);
+    api.assert_no_rejections();
 }

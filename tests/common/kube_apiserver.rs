@@ -778,6 +778,12 @@ impl KubeApiServer {
     pub fn open_watches(&self) -> usize {
         self.state().open_watches
     }
+
+    /// How many watches were answered with a 410 `Expired` ERROR event (a resourceVersion
+    /// older than the compaction point): each one makes a correct client relist.
+    pub fn expired_watches(&self) -> usize {
+        self.state().expired_watches
+    }
 }
 
 impl Drop for KubeApiServer {
@@ -846,6 +852,8 @@ struct State {
     rejections: Vec<Rejection>,
     requests: Vec<RequestRecord>,
     open_watches: usize,
+    /// Watches answered with 410 Expired (their resourceVersion was compacted).
+    expired_watches: usize,
 }
 
 impl State {
@@ -861,6 +869,7 @@ impl State {
             rejections: Vec::new(),
             requests: Vec::new(),
             open_watches: 0,
+            expired_watches: 0,
         }
     }
 
@@ -2559,7 +2568,7 @@ async fn watch(
     if let Some(asked) = rv {
         wait_fresh(shared, asked).await?;
     }
-    let state = lock(&shared.state);
+    let mut state = lock(&shared.state);
     let timeout = match timeout_secs {
         Some(s) if s > 0 => Duration::from_secs(s as u64),
         // The server's --min-request-timeout (1800 s) randomized: long enough here.
@@ -2593,6 +2602,7 @@ async fn watch(
         spec.initial_end_bookmark = send_initial;
     } else if let Some(asked) = rv {
         if asked < state.compacted {
+            state.expired_watches += 1;
             spec.error = Some(json!({
                 "type": "ERROR",
                 "object": ApiError::expired(format!("too old resource version: {asked} ({})", state.compacted)).status_json(),
