@@ -619,8 +619,8 @@ fn kube_watcher_lists_watches_resumes_and_relists_after_410() {
         let resumed = server
             .requests()
             .into_iter()
-            .filter(|r| r.is_watch())
-            .last()
+            .rev()
+            .find(|r| r.is_watch())
             .expect("a watch after the restart");
         let from: u64 = resumed
             .query("resourceVersion")

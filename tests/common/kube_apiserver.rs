@@ -3063,7 +3063,7 @@ fn validate_event(event: &Value, core: bool) -> Vec<FieldError> {
         ));
     }
     let source = &event["deprecatedSource"];
-    if str_field(source, "component") != "" || str_field(source, "host") != "" {
+    if !str_field(source, "component").is_empty() || !str_field(source, "host").is_empty() {
         errs.push(FieldError::invalid(
             "deprecatedSource",
             "",
