@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::kube_apiserver::{KubeApiServer, Options, TOKEN};
+use common::kube_apiserver::{allow_all, KubeApiServer, Options, TOKEN};
 use common::{HttpClient, TempDir};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference, Service};
@@ -344,13 +344,14 @@ fn refuses_what_the_real_api_server_refuses() {
     assert_eq!(status, 201, "{created}");
     assert!(server.rejections().is_empty(), "{:?}", server.rejections());
     assert_refused(&server, post_v1("demo", &good), 409, "AlreadyExists");
-    // It shows through core/v1 too, converted.
-    let (status, core) = get("/api/v1/namespaces/demo/events/calc.1");
-    assert_eq!(status, 200);
-    assert_eq!(core["involvedObject"]["name"], "calc");
-    assert_eq!(core["message"], "bad");
-    assert_eq!(core["reportingComponent"], "shadowplane");
-    // A core/v1 Event whose involvedObject namespace differs: 422.
+    // The deployed role does not read Events at all.
+    assert_refused(
+        &server,
+        get("/apis/events.k8s.io/v1/namespaces/demo/events/calc.1"),
+        403,
+        "Forbidden",
+    );
+    // The deployed ClusterRole grants events.k8s.io only: a core/v1 Event is 403.
     let core_bad = json!({
         "apiVersion": "v1",
         "kind": "Event",
@@ -370,8 +371,68 @@ fn refuses_what_the_real_api_server_refuses() {
             &core_bad.to_string(),
             true,
         ),
+        403,
+        "Forbidden",
+    );
+    // With a role that grants it, the same Event (its involvedObject namespace differs from
+    // its own) is invalid: 422.
+    let admin = KubeApiServer::start_with(Options {
+        rules: allow_all(),
+        ..Options::default()
+    });
+    admin.create_namespace("demo");
+    assert_refused(
+        &admin,
+        raw(
+            &http,
+            &admin,
+            "POST",
+            "/api/v1/namespaces/demo/events",
+            &[("content-type", "application/json")],
+            &core_bad.to_string(),
+            true,
+        ),
         422,
         "Invalid",
+    );
+    // An Event shows through both APIs, converted.
+    let (status, _) = raw(
+        &http,
+        &admin,
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/demo/events",
+        &[("content-type", "application/json")],
+        &good.to_string(),
+        true,
+    );
+    assert_eq!(status, 201);
+    let (status, core) = raw(
+        &http,
+        &admin,
+        "GET",
+        "/api/v1/namespaces/demo/events/calc.1",
+        &[],
+        "",
+        true,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(core["involvedObject"]["name"], "calc");
+    assert_eq!(core["message"], "bad");
+    assert_eq!(core["reportingComponent"], "shadowplane");
+    // A write the stand-in does not implement is never silently accepted.
+    assert_refused(
+        &admin,
+        raw(
+            &http,
+            &admin,
+            "DELETE",
+            "/api/v1/namespaces/demo/services/calc",
+            &[],
+            "",
+            true,
+        ),
+        405,
+        "MethodNotAllowed",
     );
     // An unknown field in an Event body is dropped by the real server with a warning: flagged.
     let mut extra = good.clone();
@@ -822,7 +883,11 @@ fn pagination_continues_and_expires_at_compaction() {
 
 #[test]
 fn kube_event_recorder_posts_then_patches_events() {
-    let server = KubeApiServer::start();
+    // The recorder needs only the deployed role; the core/v1 Event below needs more.
+    let server = KubeApiServer::start_with(Options {
+        rules: allow_all(),
+        ..Options::default()
+    });
     let dir = TempDir::new("kube-standin");
     let vs = server.apply(&virtual_service("demo", "calc", "networking.istio.io/v1"));
     let rt = runtime();

@@ -44,8 +44,10 @@
 //! server) and an unknown field in a written body (dropped with a `Warning` header). Every
 //! end-to-end test asserts [`KubeApiServer::assert_no_rejections`] at its end.
 //!
-//! The client is authorized like the least-privilege ClusterRole of `deploy/`: get/list/watch on
-//! the served resources, create/update/patch on Events; any other write is 403 Forbidden.
+//! The client is authorized by RBAC rules, by default exactly those of the committed
+//! `deploy/kubernetes/clusterrole.yaml` (read when the stand-in starts), bound to the service
+//! account `system:serviceaccount:shadowplane-system:shadowplane`: a request the role does not
+//! grant is 403 Forbidden, so the e2e tests also check that the deployed role is enough.
 //! Requests must carry the kubeconfig's bearer token ([`KubeApiServer::write_kubeconfig`]),
 //! else 401.
 
@@ -382,6 +384,8 @@ pub struct Options {
     /// How often an open watch with `allowWatchBookmarks=true` gets a BOOKMARK (the real server
     /// sends one about every minute; tests want them sooner).
     pub bookmark_interval: Duration,
+    /// The RBAC rules the client is granted ([`deploy_cluster_role`] by default).
+    pub rules: Vec<PolicyRule>,
 }
 
 impl Default for Options {
@@ -390,8 +394,69 @@ impl Default for Options {
             istio_versions: ALL_ISTIO_VERSIONS.iter().map(|v| v.to_string()).collect(),
             aggregated_discovery: true,
             bookmark_interval: Duration::from_secs(1),
+            rules: deploy_cluster_role(),
         }
     }
+}
+
+/// One RBAC PolicyRule (`*` matches anything).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub api_groups: Vec<String>,
+    pub resources: Vec<String>,
+    pub verbs: Vec<String>,
+}
+
+impl PolicyRule {
+    fn allows(&self, group: &str, resource: &str, verb: &str) -> bool {
+        let any = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
+        any(&self.api_groups, group) && any(&self.resources, resource) && any(&self.verbs, verb)
+    }
+}
+
+/// The rules of the committed `deploy/kubernetes/clusterrole.yaml`. Panics if it is missing or
+/// not a ClusterRole: the e2e tests check the deployed role, never skip it.
+pub fn deploy_cluster_role() -> Vec<PolicyRule> {
+    let path = super::repo_root().join("deploy/kubernetes/clusterrole.yaml");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
+    assert_eq!(
+        doc["kind"].as_str(),
+        Some("ClusterRole"),
+        "{} is not a ClusterRole",
+        path.display()
+    );
+    let strings = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_sequence()
+            .map(|s| {
+                s.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    doc["rules"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{} has no rules", path.display()))
+        .iter()
+        .map(|r| PolicyRule {
+            api_groups: strings(&r["apiGroups"]),
+            resources: strings(&r["resources"]),
+            verbs: strings(&r["verbs"]),
+        })
+        .collect()
+}
+
+/// Every verb on every resource (a cluster-admin), for self-tests that write what the deployed
+/// role does not allow.
+pub fn allow_all() -> Vec<PolicyRule> {
+    vec![PolicyRule {
+        api_groups: vec!["*".into()],
+        resources: vec!["*".into()],
+        verbs: vec!["*".into()],
+    }]
 }
 
 /// A request the stand-in refused (or, with `status` 2xx, accepted while the real server would
@@ -1506,7 +1571,8 @@ async fn route(
     if verb == "create" && target.namespace.is_none() {
         return Err(ApiError::method_not_allowed());
     }
-    authorize(&target, verb)?;
+    let rules = lock(&shared.state).options.rules.clone();
+    authorize(&target, verb, &rules)?;
     match verb {
         "list" => list(shared, ctx, &target, &query).await,
         "watch" => watch(shared, ctx, &target, &query).await,
@@ -1518,28 +1584,39 @@ async fn route(
     }
 }
 
-/// The least-privilege ClusterRole of `deploy/`: read everything served, write Events only.
-fn authorize(target: &Target, verb: &str) -> Result<(), ApiError> {
-    let allowed = matches!(verb, "get" | "list" | "watch")
+/// RBAC: the request's (group, resource[/subresource], verb) must be granted by a rule. Only
+/// Events can be written at all (the stand-in implements no other write).
+fn authorize(target: &Target, verb: &str, rules: &[PolicyRule]) -> Result<(), ApiError> {
+    let resource = match &target.subresource {
+        Some(sub) => format!("{}/{sub}", target.def.plural),
+        None => target.def.plural.to_string(),
+    };
+    let granted = rules
+        .iter()
+        .any(|r| r.allows(target.def.group, &resource, verb));
+    let implemented = matches!(verb, "get" | "list" | "watch")
         || (target.def.store == Store::Event
             && target.subresource.is_none()
             && matches!(verb, "create" | "update" | "patch"));
-    if allowed {
+    if granted && !implemented {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("the stand-in does not implement {verb} on {resource} (the real server does): extend tests/common/kube_apiserver.rs"),
+        ));
+    }
+    if granted {
         return Ok(());
     }
     let scope = match &target.namespace {
         Some(ns) => format!("in the namespace \"{ns}\""),
         None => "at the cluster scope".to_string(),
     };
-    let resource = match &target.subresource {
-        Some(sub) => format!("{}/{sub}", target.def.plural),
-        None => target.def.plural.to_string(),
-    };
     Err(ApiError::new(
         403,
         "Forbidden",
         format!(
-            "{} is forbidden: User \"system:serviceaccount:shadowplane:shadowplane\" cannot {verb} \
+            "{} is forbidden: User \"system:serviceaccount:shadowplane-system:shadowplane\" cannot {verb} \
              resource \"{resource}\" in API group \"{}\" {scope}",
             group_resource(target.def),
             target.def.group
