@@ -770,6 +770,29 @@ fn a_bad_virtual_service_is_reported_on_the_object_and_the_last_good_config_keep
             rig.context()
         );
     }
+    // Another reading with the same error (an unrelated change): still reported, still the
+    // last good routing; a repeated Event is written as the real server accepts it (the
+    // stand-in validates a PATCH's immutable fields).
+    rig.api.apply(&destination_rule(
+        "v1",
+        &[("v1", "v1"), ("v2", "v2"), ("v3", "v3"), ("v4", "v4")],
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..3 {
+        assert_eq!(
+            rig.try_send(&format!("/still-bad/{i}")).as_deref(),
+            Ok("v1"),
+            "the last good config keeps routing\n{}",
+            rig.context()
+        );
+    }
+    let reported: Vec<Value> = rig
+        .api
+        .events()
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == "calc" && e["regarding"]["kind"] == "VirtualService")
+        .collect();
+    assert!(!reported.is_empty(), "still reported");
     // Fixed: the new route applies and the errors clear.
     rig.api.apply(&virtual_service("v1", "v2", None));
     rig.wait_answered_by(&["v2"], "fixed");
@@ -1111,4 +1134,67 @@ fn an_envoy_moving_to_the_other_replica_gets_no_spurious_push() {
     assert!(pushed_resources(&other) > 0.0, "the change was pushed");
     drop(envoy);
     api.assert_no_rejections();
+}
+
+#[test]
+fn kubernetes_objects_and_config_files_are_served_together() {
+    let files = TempDir::new("kubernetes-files");
+    let ext = Backend::start("file-backend");
+    let file_port = common::free_port();
+    files.write(
+        "files.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: files
+  namespace: {NS}
+spec:
+  hosts:
+  - files.example.com
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - number: {file_port}
+    name: http
+    protocol: HTTP
+  endpoints:
+  - address: 127.0.0.1
+    ports:
+      http: {}
+",
+            ext.port()
+        ),
+    );
+    let config = files.path().to_string_lossy().into_owned();
+    let args = ["--config", config.as_str()];
+    let rig = Rig::start(RigOptions {
+        serve_args: &args,
+        ..RigOptions::default()
+    });
+    rig.wait_answered_by(&["v1"], "kubernetes-part");
+    rig.wait_envoy_listener(file_port, true, "file listener");
+    rig.wait_answered_by_at(
+        file_port,
+        "files.example.com",
+        &["file-backend"],
+        "file-part",
+    );
+    // A Kubernetes VirtualService can route the file's host.
+    rig.api.apply(&json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "files", "namespace": NS},
+        "spec": {
+            "hosts": ["files.example.com"],
+            "http": [{"route": [{"destination": {"host": HOST, "subset": "v2", "port": {"number": rig.port}}}]}],
+        },
+    }));
+    rig.wait_answered_by_at(
+        file_port,
+        "files.example.com",
+        &["v2"],
+        "file-host-routed-by-kubernetes",
+    );
+    rig.finish();
 }
