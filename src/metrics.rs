@@ -11,6 +11,7 @@
 //! | `shadowplane_xds_connected_proxies` | gauge | `type_url` |
 //! | `shadowplane_xds_streams` | gauge | |
 //! | `shadowplane_xds_requests_total` | counter | `result` = `initial`, `ack`, `nack`, `stale` |
+//! | `shadowplane_xds_requests_by_type_total` | counter | `type` = `cds`, `eds`, `lds`, `rds`, `other`; `result` as above |
 //! | `shadowplane_xds_pushes_total` | counter | `type_url` |
 //! | `shadowplane_xds_push_bytes_total` | counter | `type_url` |
 //! | `shadowplane_xds_push_resources_total` | counter | `type_url` |
@@ -31,7 +32,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::xds::registry::ProxyRegistry;
+use crate::xds::registry::{ProxyRegistry, REQUEST_KINDS};
 
 /// Outcome of one config reading, as counted by `shadowplane_config_reloads_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +214,22 @@ impl Collector for XdsCollector {
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
 
+        // The same requests by type. A family of its own (rather than a `type` label on
+        // `shadowplane_xds_requests_total`) so the existing series and queries keep their
+        // meaning; `sum by (result)` of this one equals that one.
+        let mut family = encoder.encode_descriptor(
+            "shadowplane_xds_requests_by_type",
+            "Discovery requests by short type (cds, eds, lds, rds, other) and kind (initial, ack, nack, stale)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (short, counts) in &m.requests_by_type {
+            for (result, n) in REQUEST_KINDS.iter().zip(counts) {
+                let labels = [("type", *short), ("result", *result)];
+                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
         for (name, help, pick) in [
             (
                 "shadowplane_xds_pushes",
@@ -264,6 +281,7 @@ mod tests {
             "shadowplane_xds_push_duration_seconds_count{type_url=\"type.googleapis.com/envoy.config.cluster.v3.Cluster\"} 1",
             "shadowplane_xds_streams 0",
             "shadowplane_xds_requests_total{result=\"nack\"} 0",
+            "shadowplane_xds_requests_by_type_total{type=\"eds\",result=\"ack\"} 0",
             "# EOF",
         ] {
             assert!(

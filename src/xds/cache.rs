@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -29,14 +29,75 @@ pub enum SnapshotError {
     EmptyName { type_name: String },
 }
 
-/// The resources of one type in a snapshot, by name, with the type's version.
-#[derive(Clone, PartialEq, Eq)]
+/// The resources of one type in a snapshot, by name, with the type's version. Snapshots share
+/// it by `Arc`, and a stream that is in sync with a snapshot remembers "I hold this
+/// `TypeResources`" instead of a name → version map of its own.
 pub struct TypeResources {
     version: String,
     resources: BTreeMap<String, Arc<EncodedResource>>,
+    /// [`TypeResources::diff`]s from earlier `TypeResources` to this one, memoized: every
+    /// stream making the same move shares one diff. A few entries, the newest last.
+    diffs: Mutex<Vec<(Weak<TypeResources>, Arc<TypeDiff>)>>,
+}
+
+/// How many diffs a `TypeResources` remembers (streams lagging further behind recompute).
+const DIFF_MEMO: usize = 4;
+
+impl Clone for TypeResources {
+    fn clone(&self) -> Self {
+        TypeResources::from_map(self.version.clone(), self.resources.clone())
+    }
+}
+
+impl PartialEq for TypeResources {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version && self.resources == other.resources
+    }
+}
+
+impl Eq for TypeResources {}
+
+impl fmt::Debug for TypeResources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypeResources")
+            .field("version", &self.version)
+            .field("names", &self.resources.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// What changed in one type between two snapshots: a pure function of the two, see
+/// [`TypeResources::diff`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TypeDiff {
+    /// Resources that are new or whose version changed, in name order.
+    pub changed: Vec<Arc<EncodedResource>>,
+    /// Names the old one has and the new one lacks, in order.
+    pub removed: Vec<String>,
+    /// Whether the set of names differs (something added or removed).
+    pub names_changed: bool,
+}
+
+impl TypeDiff {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+fn empty_diff() -> Arc<TypeDiff> {
+    static EMPTY: OnceLock<Arc<TypeDiff>> = OnceLock::new();
+    EMPTY.get_or_init(|| Arc::new(TypeDiff::default())).clone()
 }
 
 impl TypeResources {
+    fn from_map(version: String, resources: BTreeMap<String, Arc<EncodedResource>>) -> Self {
+        TypeResources {
+            version,
+            resources,
+            diffs: Mutex::new(Vec::new()),
+        }
+    }
+
     /// Hash of the sorted (name, content hash) pairs: identical content gives an identical
     /// version on every run and every replica.
     pub fn version(&self) -> &str {
@@ -50,15 +111,69 @@ impl TypeResources {
     pub fn get(&self, name: &str) -> Option<&Arc<EncodedResource>> {
         self.resources.get(name)
     }
+
+    /// What changed from `old` to `new`. Computed once per pair and remembered by `new`, so
+    /// the thousand streams that move from one snapshot to the next share the work; equal
+    /// versions (content hashes of the whole set) give the empty diff without a walk.
+    pub fn diff(old: &Arc<TypeResources>, new: &Arc<TypeResources>) -> Arc<TypeDiff> {
+        if Arc::ptr_eq(old, new) || old.version == new.version {
+            return empty_diff();
+        }
+        let mut memo = new.diffs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, d)) = memo
+            .iter()
+            .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(old)))
+        {
+            return d.clone();
+        }
+        let diff = Arc::new(compute_diff(&old.resources, &new.resources));
+        memo.retain(|(w, _)| w.strong_count() > 0);
+        if memo.len() >= DIFF_MEMO {
+            memo.remove(0);
+        }
+        memo.push((Arc::downgrade(old), diff.clone()));
+        diff
+    }
 }
 
-impl fmt::Debug for TypeResources {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TypeResources")
-            .field("version", &self.version)
-            .field("names", &self.resources.keys().collect::<Vec<_>>())
-            .finish()
+/// One merge walk over two maps sorted by name.
+fn compute_diff(
+    old: &BTreeMap<String, Arc<EncodedResource>>,
+    new: &BTreeMap<String, Arc<EncodedResource>>,
+) -> TypeDiff {
+    let mut diff = TypeDiff::default();
+    let mut o = old.iter().peekable();
+    let mut n = new.iter().peekable();
+    loop {
+        let order = match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((on, _)), Some((nn, _))) => on.cmp(nn),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                if let Some((name, _)) = o.next() {
+                    diff.removed.push(name.clone());
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some((_, r)) = n.next() {
+                    diff.changed.push(r.clone());
+                    diff.names_changed = true;
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                if let (Some((_, or)), Some((_, nr))) = (o.next(), n.next()) {
+                    if or.version() != nr.version() {
+                        diff.changed.push(nr.clone());
+                    }
+                }
+            }
+        }
     }
+    diff.names_changed |= !diff.removed.is_empty();
+    diff
 }
 
 fn empty_version() -> &'static str {
@@ -66,16 +181,21 @@ fn empty_version() -> &'static str {
     EMPTY.get_or_init(|| set_version([]))
 }
 
-fn empty_resources() -> &'static BTreeMap<String, Arc<EncodedResource>> {
-    static EMPTY: OnceLock<BTreeMap<String, Arc<EncodedResource>>> = OnceLock::new();
-    EMPTY.get_or_init(BTreeMap::new)
+fn empty_type() -> &'static Arc<TypeResources> {
+    static EMPTY: OnceLock<Arc<TypeResources>> = OnceLock::new();
+    EMPTY.get_or_init(|| {
+        Arc::new(TypeResources::from_map(
+            empty_version().to_string(),
+            BTreeMap::new(),
+        ))
+    })
 }
 
 /// An immutable set of encoded resources, per type URL then name. Each resource was encoded
 /// once when the snapshot was built; every stream shares those bytes.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    types: BTreeMap<String, TypeResources>,
+    types: BTreeMap<String, Arc<TypeResources>>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -118,7 +238,10 @@ impl Snapshot {
                         .iter()
                         .map(|(name, r)| (name.as_str(), r.version())),
                 );
-                (type_url, TypeResources { version, resources })
+                (
+                    type_url,
+                    Arc::new(TypeResources::from_map(version, resources)),
+                )
             })
             .collect();
         Ok(Snapshot { types })
@@ -151,10 +274,13 @@ impl Snapshot {
 
     /// The resources of a type by name (empty for a type the snapshot does not have).
     pub fn resources(&self, type_url: &str) -> &BTreeMap<String, Arc<EncodedResource>> {
-        self.types
-            .get(type_url)
-            .map(|t| &t.resources)
-            .unwrap_or_else(|| empty_resources())
+        &self.type_resources(type_url).resources
+    }
+
+    /// The resources of a type with their version, shared (an empty set for a type the
+    /// snapshot does not have).
+    pub fn type_resources(&self, type_url: &str) -> &Arc<TypeResources> {
+        self.types.get(type_url).unwrap_or_else(|| empty_type())
     }
 
     pub fn get(&self, type_url: &str, name: &str) -> Option<&Arc<EncodedResource>> {
@@ -621,6 +747,35 @@ mod tests {
         );
         assert_eq!(report.problems().len(), 2);
         assert!(bad.resources(ENDPOINT).contains_key("a"));
+    }
+
+    #[test]
+    fn diffs_are_computed_once_per_pair() {
+        let s1 = Snapshot::new([eds_cluster("a"), eds_cluster("b"), eds_cluster("c")]).unwrap();
+        let b2 = EncodedResource::from_message(
+            "b",
+            &Cluster {
+                name: "b".into(),
+                connect_timeout: Some(Default::default()),
+                ..Default::default()
+            },
+        );
+        let s2 = Snapshot::new([eds_cluster("a"), b2, eds_cluster("d")]).unwrap();
+        let (old, new) = (s1.type_resources(CLUSTER), s2.type_resources(CLUSTER));
+        let diff = TypeResources::diff(old, new);
+        let changed: Vec<&str> = diff.changed.iter().map(|r| r.name()).collect();
+        assert_eq!(changed, ["b", "d"]);
+        assert_eq!(diff.removed, ["c"]);
+        assert!(diff.names_changed);
+        // The same pair gives the same (shared) diff.
+        assert!(Arc::ptr_eq(&diff, &TypeResources::diff(old, new)));
+        // Same content: empty, without a walk.
+        let same = Snapshot::new([eds_cluster("c"), eds_cluster("b"), eds_cluster("a")]).unwrap();
+        let none = TypeResources::diff(old, same.type_resources(CLUSTER));
+        assert!(none.is_empty() && !none.names_changed);
+        // A type a snapshot lacks is the empty set.
+        let gone = TypeResources::diff(old, Snapshot::empty().type_resources(CLUSTER));
+        assert_eq!(gone.removed, ["a", "b", "c"]);
     }
 
     #[tokio::test]

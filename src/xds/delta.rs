@@ -1,10 +1,18 @@
 //! Incremental (delta) protocol state machine (ADS and per-type streams).
 //!
-//! Per type URL the stream remembers the subscription and what the client has (`known`:
-//! name → version, from responses and the first request's `initial_resource_versions`).
-//! A response carries only resources whose version the client lacks, and
-//! `removed_resources` for names it has (or asked for) that the snapshot does not contain.
-//! Subscription changes are applied even when the nonce is stale (the spec's "must honor").
+//! Per type URL the stream remembers the subscription and what the client has. A response
+//! carries only resources whose version the client lacks, and `removed_resources` for names
+//! it has (or asked for) that the snapshot does not contain. Subscription changes are applied
+//! even when the nonce is stale (the spec's "must honor").
+//!
+//! What the client has ([`Known`]) costs a stream almost nothing while it is in sync: after
+//! every response (or a check that found nothing to send) the stream holds exactly what its
+//! subscription covers of the snapshot's resources of that type, so it keeps only that
+//! snapshot's shared [`TypeResources`]. On the next snapshot the response is the snapshot
+//! diff ([`TypeResources::diff`], computed once for all streams) restricted to the
+//! subscription: work proportional to what changed, not to the config. Only a subscription
+//! change or a reconnect's `initial_resource_versions` makes a stream spell out its
+//! knowledge name by name until its next response.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -14,7 +22,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use prost::Message;
 use tonic::Status;
 
-use super::cache::Snapshot;
+use super::cache::{Snapshot, TypeResources};
 use super::registry::{now_unix_ms, NackStatus, RequestKind, SyncState};
 use super::resource::{push_rank, removal_rank, short_type, EncodedResource};
 use super::stream::{Protocol, StreamCtx};
@@ -30,13 +38,31 @@ struct InFlight {
     names: Vec<String>,
 }
 
+/// What the client has of one type, as far as the server knows.
+enum Known {
+    /// Name by name: name → version the client has, and the names it was told do not exist.
+    Names {
+        known: BTreeMap<String, String>,
+        told_absent: BTreeSet<String>,
+    },
+    /// Exactly the resources of this `TypeResources` that the subscription covers; every
+    /// explicitly subscribed name it lacks was reported removed.
+    Synced(Arc<TypeResources>),
+}
+
+impl Default for Known {
+    fn default() -> Self {
+        Known::Names {
+            known: BTreeMap::new(),
+            told_absent: BTreeSet::new(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct TypeState {
     sub: Subscription,
-    /// Name → version the client has, as far as the server knows.
-    known: BTreeMap<String, String>,
-    /// Names the client was told do not exist.
-    told_absent: BTreeSet<String>,
+    known: Known,
     /// Names to send (or report removed) at the next response even if unchanged.
     force: BTreeSet<String>,
     /// A request for this type has been seen.
@@ -69,7 +95,68 @@ pub(crate) struct DeltaProtocol {
     snapshot: Option<Arc<Snapshot>>,
 }
 
+impl TypeState {
+    /// Spell out a [`Known::Synced`] name by name (before the subscription changes).
+    fn materialize(&mut self) {
+        let Known::Synced(base) = &self.known else {
+            return;
+        };
+        let sub = &self.sub;
+        let known: BTreeMap<String, String> = if sub.is_wildcard() {
+            base.resources()
+                .iter()
+                .map(|(n, r)| (n.clone(), r.version().to_string()))
+                .collect()
+        } else {
+            sub.names()
+                .iter()
+                .filter_map(|n| base.get(n).map(|r| (n.clone(), r.version().to_string())))
+                .collect()
+        };
+        let told_absent = sub
+            .names()
+            .iter()
+            .filter(|n| base.get(n).is_none())
+            .cloned()
+            .collect();
+        self.known = Known::Names { known, told_absent };
+    }
+}
+
 fn plan(type_url: &str, state: &TypeState, snapshot: &Snapshot) -> Plan {
+    let (known, told_absent) = match &state.known {
+        Known::Synced(base) if state.force.is_empty() => {
+            // In sync with `base`: send what changed since, as far as it is subscribed.
+            let diff = TypeResources::diff(base, snapshot.type_resources(type_url));
+            let sub = &state.sub;
+            return Plan {
+                upserts: diff
+                    .changed
+                    .iter()
+                    .filter(|r| sub.covers(r.name()))
+                    .cloned()
+                    .collect(),
+                removed: diff
+                    .removed
+                    .iter()
+                    .filter(|n| sub.covers(n))
+                    .cloned()
+                    .collect(),
+            };
+        }
+        Known::Synced(base) => {
+            // With names to force (a resubscription), plan name by name.
+            let mut spelled = TypeState {
+                sub: state.sub.clone(),
+                known: Known::Synced(base.clone()),
+                force: state.force.clone(),
+                ..Default::default()
+            };
+            spelled.materialize();
+            return plan(type_url, &spelled, snapshot);
+        }
+        Known::Names { known, told_absent } => (known, told_absent),
+    };
     let resources = snapshot.resources(type_url);
     let mut plan = Plan::default();
     let mut wanted: BTreeMap<&str, &Arc<EncodedResource>> = BTreeMap::new();
@@ -82,19 +169,19 @@ fn plan(type_url: &str, state: &TypeState, snapshot: &Snapshot) -> Plan {
         }
     }
     for (name, r) in wanted {
-        let stale = state.known.get(name).map(String::as_str) != Some(r.version());
+        let stale = known.get(name).map(String::as_str) != Some(r.version());
         if stale || state.force.contains(name) {
             plan.upserts.push(r.clone());
         }
     }
     let mut removed = BTreeSet::new();
-    for name in state.known.keys() {
+    for name in known.keys() {
         if !resources.contains_key(name) {
             removed.insert(name.clone());
         }
     }
     for name in state.sub.names() {
-        if !resources.contains_key(name) && !state.told_absent.contains(name) {
+        if !resources.contains_key(name) && !told_absent.contains(name) {
             removed.insert(name.clone());
         }
     }
@@ -116,23 +203,37 @@ impl DeltaProtocol {
         }
     }
 
-    fn commit(&mut self, type_url: &str, plan: Plan, version: &str) -> DeltaWire {
+    /// Send `plan`, computed against `base` (the snapshot's resources of `type_url`). With
+    /// `settled`, the plan was the whole plan: the client then holds what its subscription
+    /// covers of `base`. Without (the first half of an ADS push whose removals go last), the
+    /// caller commits the rest next.
+    fn commit(
+        &mut self,
+        type_url: &str,
+        plan: Plan,
+        base: &Arc<TypeResources>,
+        settled: bool,
+    ) -> DeltaWire {
         let nonce = self.ctx.next_nonce();
+        let version = base.version();
         let Some(state) = self.types.get_mut(type_url) else {
             // Invariant: plans are only made for types that have a state.
             unreachable!("commit for a type without state");
         };
-        for r in &plan.upserts {
-            state
-                .known
-                .insert(r.name().to_string(), r.version().to_string());
-            state.told_absent.remove(r.name());
-            state.force.remove(r.name());
-        }
-        for name in &plan.removed {
-            state.known.remove(name);
-            state.told_absent.insert(name.clone());
-            state.force.remove(name);
+        if settled {
+            state.known = Known::Synced(base.clone());
+            state.force.clear();
+        } else if let Known::Names { known, told_absent } = &mut state.known {
+            for r in &plan.upserts {
+                known.insert(r.name().to_string(), r.version().to_string());
+                told_absent.remove(r.name());
+                state.force.remove(r.name());
+            }
+            for name in &plan.removed {
+                known.remove(name);
+                told_absent.insert(name.clone());
+                state.force.remove(name);
+            }
         }
         state.responded = true;
         state.last_nonce = Some(nonce.clone());
@@ -213,6 +314,15 @@ impl DeltaProtocol {
         }
     }
 
+    /// Nothing needed sending for `type_url` against `base`: the client holds what its
+    /// subscription covers of it.
+    fn settle(&mut self, type_url: &str, base: &Arc<TypeResources>) {
+        if let Some(state) = self.types.get_mut(type_url) {
+            state.known = Known::Synced(base.clone());
+            state.force.clear();
+        }
+    }
+
     fn record_subscription(&self, type_url: &str) {
         let Some(state) = self.types.get(type_url) else {
             return;
@@ -227,11 +337,9 @@ impl DeltaProtocol {
                 .collect(),
             None => Vec::new(),
         };
-        let subscribed = state.sub.describe();
-        self.ctx.handle.update(type_url, |t| {
-            t.subscribed = subscribed;
-            t.missing = missing;
-        });
+        self.ctx
+            .handle
+            .set_subscription(type_url, &state.sub, missing);
     }
 
     /// Classify the ACK/NACK part of a request and record it.
@@ -335,7 +443,7 @@ impl Protocol for DeltaProtocol {
         let legacy = self.ctx.options.legacy_wildcard.applies_to(&type_url);
         self.types.entry(type_url.clone()).or_default();
         let kind = self.acknowledge(&type_url, &req);
-        self.ctx.handle.metrics().request(kind);
+        self.ctx.handle.metrics().request(&type_url, kind);
 
         let node_id = self.ctx.node_id.clone();
         let Some(state) = self.types.get_mut(&type_url) else {
@@ -344,6 +452,13 @@ impl Protocol for DeltaProtocol {
         };
         let first = !state.requested;
         state.requested = true;
+        let changes_subscription = first
+            || !req.resource_names_subscribe.is_empty()
+            || !req.resource_names_unsubscribe.is_empty()
+            || !req.initial_resource_versions.is_empty();
+        if changes_subscription {
+            state.materialize();
+        }
 
         // Names explicitly subscribed before this request, for the wildcard+name unsubscribe
         // rule (spec: the server must then send the resource or its removal).
@@ -360,9 +475,11 @@ impl Protocol for DeltaProtocol {
             legacy,
         );
         if first {
-            for (name, version) in &req.initial_resource_versions {
-                if state.sub.covers(name) {
-                    state.known.insert(name.clone(), version.clone());
+            if let Known::Names { known, .. } = &mut state.known {
+                for (name, version) in &req.initial_resource_versions {
+                    if state.sub.covers(name) {
+                        known.insert(name.clone(), version.clone());
+                    }
                 }
             }
         } else {
@@ -387,28 +504,33 @@ impl Protocol for DeltaProtocol {
             }
         }
         let sub = &state.sub;
-        state.known.retain(|name, _| sub.covers(name));
-        state.told_absent.retain(|name| sub.covers(name));
+        if let Known::Names { known, told_absent } = &mut state.known {
+            known.retain(|name, _| sub.covers(name));
+            told_absent.retain(|name| sub.covers(name));
+        }
         state.force.retain(|name| sub.covers(name));
 
-        self.record_subscription(&type_url);
+        if changes_subscription {
+            self.record_subscription(&type_url);
+        }
         let Some(snapshot) = self.snapshot.clone() else {
             return Ok(Vec::new());
         };
         let state = &self.types[&type_url];
         let plan = plan(&type_url, state, &snapshot);
-        let version = snapshot.version(&type_url).to_string();
+        let base = snapshot.type_resources(&type_url).clone();
         let out = if plan.is_empty() && state.responded {
+            self.settle(&type_url, &base);
             Vec::new()
         } else {
-            vec![self.commit(&type_url, plan, &version)]
+            vec![self.commit(&type_url, plan, &base, true)]
         };
-        self.reconciled(&type_url, &version);
+        self.reconciled(&type_url, base.version());
         Ok(out)
     }
 
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<DeltaWire> {
-        self.snapshot = Some(snapshot.clone());
+        let previous = self.snapshot.replace(snapshot.clone());
         let mut order: Vec<String> = self
             .types
             .iter()
@@ -417,7 +539,18 @@ impl Protocol for DeltaProtocol {
             .collect();
         order.sort_by(|a, b| push_rank(a).cmp(&push_rank(b)));
         for type_url in &order {
-            self.record_subscription(type_url);
+            // `missing` can only change when names come or go.
+            let names_changed = previous.as_ref().is_none_or(|p| {
+                TypeResources::diff(
+                    p.type_resources(type_url),
+                    snapshot.type_resources(type_url),
+                )
+                .names_changed
+            });
+            let explicit = !self.types[type_url].sub.names().is_empty();
+            if names_changed && explicit {
+                self.record_subscription(type_url);
+            }
         }
         let mut out = Vec::new();
         let mut removals: Vec<(String, Vec<String>)> = Vec::new();
@@ -430,23 +563,26 @@ impl Protocol for DeltaProtocol {
                 // listener, route, cluster, endpoint order.
                 removals.push((type_url.clone(), std::mem::take(&mut plan.removed)));
             }
-            let version = snapshot.version(type_url).to_string();
+            let deferred = removals.iter().any(|(t, _)| t == type_url);
+            let base = snapshot.type_resources(type_url).clone();
             if !plan.is_empty() || first {
-                out.push(self.commit(type_url, plan, &version));
+                out.push(self.commit(type_url, plan, &base, !deferred));
+            } else if !deferred {
+                self.settle(type_url, &base);
             }
-            if !removals.iter().any(|(t, _)| t == type_url) {
-                self.reconciled(type_url, &version);
+            if !deferred {
+                self.reconciled(type_url, base.version());
             }
         }
         removals.sort_by(|a, b| removal_rank(&a.0).cmp(&removal_rank(&b.0)));
         for (type_url, removed) in removals {
-            let version = snapshot.version(&type_url).to_string();
+            let base = snapshot.type_resources(&type_url).clone();
             let plan = Plan {
                 upserts: Vec::new(),
                 removed,
             };
-            out.push(self.commit(&type_url, plan, &version));
-            self.reconciled(&type_url, &version);
+            out.push(self.commit(&type_url, plan, &base, true));
+            self.reconciled(&type_url, base.version());
         }
         out
     }

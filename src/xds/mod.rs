@@ -7,7 +7,15 @@
 //!   group. [`snapshot_from_translator`] is the only module that touches translator types.
 //! * [`server`]: tonic services (ADS SotW + delta; LDS, RDS, CDS, EDS streams SotW + delta)
 //!   and [`serve`].
-//! * [`registry`]: per-stream status and counters ([`ProxyRegistry`]).
+//! * [`registry`]: per-stream status and counters ([`ProxyRegistry`]), per-group sync counts
+//!   and a change notification for watchers.
+//! * `grpc`: gRPC framing of the streams (responses in allocations of their own size,
+//!   request buffers that shrink back), so an idle stream holds no copy of a big message.
+//!
+//! Per-stream state is small and per-push work follows what changed: snapshots share each
+//! type's resources by `Arc`, the diff between two snapshots is memoized for all streams
+//! ([`TypeResources::diff`]), a delta stream in sync only remembers which `TypeResources` it
+//! holds, and identical subscription name sets are one shared allocation.
 //!
 //! Protocol behaviour is pinned by `tests/xds_conformance.rs`, which reads as the checklist
 //! of `shared/reference/xds-server.md` §2.2.
@@ -33,6 +41,7 @@ use std::time::Duration;
 
 pub mod cache;
 mod delta;
+mod grpc;
 pub mod registry;
 pub mod resource;
 pub mod server;
@@ -44,11 +53,11 @@ pub mod wire;
 
 pub use cache::{
     ConsistencyReport, MissingReference, NodeGrouping, Snapshot, SnapshotCache, SnapshotError,
-    StreamGrouping, StreamInfo, TypeResources, DEFAULT_GROUP,
+    StreamGrouping, StreamInfo, TypeDiff, TypeResources, DEFAULT_GROUP,
 };
 pub use registry::{
-    MetricsSnapshot, NackStatus, ProxyRegistry, ProxyStatus, SyncState, Transport, TypeMetrics,
-    TypeStatus,
+    MetricsSnapshot, NackEvent, NackStatus, ProxyRegistry, ProxyStatus, RegistryEvents, SyncState,
+    Transport, TypeMetrics, TypeStatus,
 };
 pub use resource::EncodedResource;
 pub use server::{serve, serve_with_options, ServeError, XdsServices};

@@ -3,9 +3,9 @@
 //! names) and server-wide counters. Plain Rust API with `serde::Serialize` output; the admin
 //! page and Prometheus text are built on top of it elsewhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -13,6 +13,9 @@ use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::subscription::{Names, Subscription, WILDCARD};
 
 /// How a stream talks to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -62,7 +65,8 @@ pub struct NackStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct TypeStatus {
     pub type_url: String,
-    /// `*` first if wildcard, then explicit names.
+    /// `*` first if wildcard, then explicit names (filled when the status is read; the
+    /// registry keeps the stream's shared name set, not a copy).
     pub subscribed: Vec<String>,
     /// Explicitly requested names the snapshot does not have (SotW: answered with an empty
     /// placeholder for endpoints/routes; delta: listed in `removed_resources`). A proxy stuck
@@ -113,13 +117,28 @@ struct TypeCounters {
     resources: AtomicU64,
 }
 
+/// The short type labels of request counters, in [`type_slot`] order.
+pub const REQUEST_TYPES: [&str; 5] = ["cds", "eds", "lds", "rds", "other"];
+
+/// The request kinds, in [`RequestKind`] slot order.
+pub const REQUEST_KINDS: [&str; 4] = ["initial", "ack", "nack", "stale"];
+
+/// Index of a type URL in [`REQUEST_TYPES`].
+fn type_slot(type_url: &str) -> usize {
+    match type_url {
+        super::resource::CLUSTER => 0,
+        super::resource::ENDPOINT => 1,
+        super::resource::LISTENER => 2,
+        super::resource::ROUTE => 3,
+        _ => 4,
+    }
+}
+
 /// Server-wide counters (simple atomics).
 #[derive(Debug, Default)]
 pub struct XdsMetrics {
-    initial_requests: AtomicU64,
-    acks: AtomicU64,
-    nacks: AtomicU64,
-    stale: AtomicU64,
+    /// Requests by type ([`REQUEST_TYPES`]) then kind ([`REQUEST_KINDS`]).
+    requests: [[AtomicU64; 4]; 5],
     streams_opened: AtomicU64,
     streams_closed: AtomicU64,
     oversized_responses: AtomicU64,
@@ -137,15 +156,27 @@ pub(crate) enum RequestKind {
     Stale,
 }
 
+impl RequestKind {
+    fn slot(self) -> usize {
+        match self {
+            RequestKind::Initial => 0,
+            RequestKind::Ack => 1,
+            RequestKind::Nack => 2,
+            RequestKind::Stale => 3,
+        }
+    }
+}
+
 impl XdsMetrics {
-    pub(crate) fn request(&self, kind: RequestKind) {
-        let counter = match kind {
-            RequestKind::Initial => &self.initial_requests,
-            RequestKind::Ack => &self.acks,
-            RequestKind::Nack => &self.nacks,
-            RequestKind::Stale => &self.stale,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn request(&self, type_url: &str, kind: RequestKind) {
+        self.requests[type_slot(type_url)][kind.slot()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn requests_of(&self, kind: RequestKind) -> u64 {
+        self.requests
+            .iter()
+            .map(|t| t[kind.slot()].load(Ordering::Relaxed))
+            .sum()
     }
 
     pub(crate) fn push(&self, type_url: &str, resources: usize, bytes: usize) {
@@ -189,6 +220,9 @@ pub struct MetricsSnapshot {
     /// Requests carrying a stale nonce (SotW: ignored, their names remembered; delta: their
     /// subscription changes applied).
     pub requests_stale: u64,
+    /// Requests by short type ([`REQUEST_TYPES`]: `cds`, `eds`, `lds`, `rds`, `other`), each
+    /// by kind in [`REQUEST_KINDS`] order (`initial`, `ack`, `nack`, `stale`).
+    pub requests_by_type: BTreeMap<&'static str, [u64; 4]>,
     pub streams_opened: u64,
     pub streams_closed: u64,
     pub streams_connected: u64,
@@ -201,14 +235,70 @@ pub struct MetricsSnapshot {
 struct StreamRecord {
     status: ProxyStatus,
     types: BTreeMap<String, TypeStatus>,
+    /// Per type, the group swap (unix ms) whose first push was already reported.
+    push_seen: BTreeMap<String, u64>,
+    /// Per type, the subscription: wildcard and the explicit names, shared with the stream
+    /// (and with every other stream subscribed to the same names). `TypeStatus::subscribed`
+    /// is filled from it only when a status is read.
+    subs: BTreeMap<String, (bool, Names)>,
+}
+
+/// Per group and type: how many streams were sent the type, and how many of those are in sync
+/// with each snapshot version (`TypeStatus::synced_version`). Kept up to date on every status
+/// change, so "has every proxy of the group caught up with version V" is two lookups instead
+/// of a walk over every stream.
+#[derive(Debug, Default)]
+struct TypeSync {
+    sent: usize,
+    synced: HashMap<String, usize>,
+}
+
+/// A NACK as reported to [`ProxyRegistry::take_events`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NackEvent {
+    pub stream_id: u64,
+    pub node_id: String,
+    pub group: String,
+    pub type_url: String,
+    pub nack: NackStatus,
+}
+
+/// What happened since the last [`ProxyRegistry::take_events`].
+#[derive(Debug, Default)]
+pub struct RegistryEvents {
+    /// NACKs, oldest first (at most [`MAX_EVENTS`]; older ones are dropped).
+    pub nacks: Vec<NackEvent>,
+    /// Per push that was the first of its stream and type after its group's latest
+    /// [`ProxyRegistry::mark_swap`] (streams that connected after the swap excluded): the type
+    /// URL and the swap → send delay in seconds.
+    pub push_delays: Vec<(String, f64)>,
+}
+
+/// Events kept between two [`ProxyRegistry::take_events`] calls, per kind.
+pub const MAX_EVENTS: usize = 10_000;
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// group → type URL → counts.
+    sync: HashMap<String, HashMap<String, TypeSync>>,
+    /// group → unix ms of its latest snapshot swap.
+    swaps: HashMap<String, u64>,
+    events: RegistryEvents,
 }
 
 /// Connected streams and counters. Cheap to share (`Arc`).
+///
+/// Watchers (the app's control loop) do not poll it: [`ProxyRegistry::changed`] completes
+/// after a stream connects or disconnects, is acknowledged, rejects a response or gets a push;
+/// [`ProxyRegistry::group_in_sync`] and [`ProxyRegistry::take_events`] read what they need
+/// without copying any stream's status.
 #[derive(Debug, Default)]
 pub struct ProxyRegistry {
     streams: DashMap<u64, StreamRecord>,
     next_id: AtomicU64,
     metrics: XdsMetrics,
+    shared: Mutex<Shared>,
+    changed: Notify,
 }
 
 pub(crate) fn now_unix_ms() -> u64 {
@@ -230,7 +320,21 @@ impl ProxyRegistry {
             .iter()
             .map(|r| {
                 let mut s = r.status.clone();
-                s.types = r.types.values().cloned().collect();
+                s.types = r
+                    .types
+                    .values()
+                    .map(|t| {
+                        let mut t = t.clone();
+                        if let Some((wildcard, names)) = r.subs.get(&t.type_url) {
+                            t.subscribed = Vec::with_capacity(names.len() + 1);
+                            if *wildcard {
+                                t.subscribed.push(WILDCARD.to_string());
+                            }
+                            t.subscribed.extend(names.iter().cloned());
+                        }
+                        t
+                    })
+                    .collect();
                 s
             })
             .collect();
@@ -278,16 +382,99 @@ impl ProxyRegistry {
             }
         }
         MetricsSnapshot {
-            requests_initial: m.initial_requests.load(Ordering::Relaxed),
-            requests_ack: m.acks.load(Ordering::Relaxed),
-            requests_nack: m.nacks.load(Ordering::Relaxed),
-            requests_stale: m.stale.load(Ordering::Relaxed),
+            requests_initial: m.requests_of(RequestKind::Initial),
+            requests_ack: m.requests_of(RequestKind::Ack),
+            requests_nack: m.requests_of(RequestKind::Nack),
+            requests_stale: m.requests_of(RequestKind::Stale),
+            requests_by_type: REQUEST_TYPES
+                .iter()
+                .zip(&m.requests)
+                .map(|(t, counts)| (*t, counts.each_ref().map(|c| c.load(Ordering::Relaxed))))
+                .collect(),
             streams_opened: m.streams_opened.load(Ordering::Relaxed),
             streams_closed: m.streams_closed.load(Ordering::Relaxed),
             streams_connected: self.streams.len() as u64,
             oversized_responses: m.oversized_responses.load(Ordering::Relaxed),
             by_type,
         }
+    }
+
+    fn lock_shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        // A poisoned lock only means a panic elsewhere; every update keeps the counts valid.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Completes after the next change that can move a group's sync state or produce an event
+    /// (connect, disconnect, ACK, NACK, push). One waiter is enough: a change with nobody
+    /// waiting is remembered for the next call.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Whether every stream of `group` that was sent a type is in sync with the version
+    /// `version_of(type_url)` of it (acknowledged it, or needed nothing from it). True for a
+    /// group without streams.
+    pub fn group_in_sync<'a>(&self, group: &str, version_of: impl Fn(&str) -> &'a str) -> bool {
+        let shared = self.lock_shared();
+        let Some(types) = shared.sync.get(group) else {
+            return true;
+        };
+        types.iter().all(|(type_url, t)| {
+            t.sent == 0 || t.synced.get(version_of(type_url)).copied().unwrap_or(0) == t.sent
+        })
+    }
+
+    /// Groups that have at least one stream that was sent something.
+    pub fn groups_with_streams(&self) -> Vec<String> {
+        self.lock_shared()
+            .sync
+            .iter()
+            .filter(|(_, types)| types.values().any(|t| t.sent > 0))
+            .map(|(g, _)| g.clone())
+            .collect()
+    }
+
+    /// Record that `group`'s snapshot was swapped at `unix_ms`: the next push of each type to
+    /// each of its streams is reported as a push delay by [`ProxyRegistry::take_events`].
+    ///
+    /// Pushes that went out before this call but after `unix_ms` (the swap is marked just after
+    /// the snapshot is set, and fast streams may already have pushed) are reported too.
+    pub fn mark_swap(&self, group: &str, unix_ms: u64) {
+        {
+            let mut shared = self.lock_shared();
+            if shared.swaps.get(group) == Some(&unix_ms) {
+                return;
+            }
+            shared.swaps.insert(group.to_string(), unix_ms);
+        }
+        let mut early = Vec::new();
+        for mut r in self.streams.iter_mut() {
+            let r = &mut *r;
+            if r.status.group != group || r.status.connected_since_unix_ms > unix_ms {
+                continue;
+            }
+            for (type_url, t) in &r.types {
+                if let Some(pushed) = t.last_push_unix_ms.filter(|p| *p >= unix_ms) {
+                    if r.push_seen.get(type_url) != Some(&unix_ms) {
+                        r.push_seen.insert(type_url.clone(), unix_ms);
+                        early.push((type_url.clone(), (pushed - unix_ms) as f64 / 1000.0));
+                    }
+                }
+            }
+        }
+        if !early.is_empty() {
+            let mut shared = self.lock_shared();
+            let room = MAX_EVENTS.saturating_sub(shared.events.push_delays.len());
+            shared
+                .events
+                .push_delays
+                .extend(early.into_iter().take(room));
+        }
+    }
+
+    /// NACKs and push delays since the last call.
+    pub fn take_events(&self) -> RegistryEvents {
+        std::mem::take(&mut self.lock_shared().events)
     }
 
     /// Register a new stream; the entry is removed when the handle is dropped.
@@ -309,8 +496,11 @@ impl ProxyRegistry {
                     types: Vec::new(),
                 },
                 types: BTreeMap::new(),
+                push_seen: BTreeMap::new(),
+                subs: BTreeMap::new(),
             },
         );
+        self.changed.notify_one();
         StreamHandle {
             registry: self.clone(),
             id,
@@ -336,6 +526,14 @@ impl StreamHandle {
 
     pub fn set_node(&self, node: &Node, group: &str) {
         if let Some(mut r) = self.registry.streams.get_mut(&self.id) {
+            if r.status.group != group {
+                // Move the stream's counts to its (new) group.
+                let mut shared = self.registry.lock_shared();
+                for t in r.types.values() {
+                    count(&mut shared, &r.status.group, t, -1);
+                    count(&mut shared, group, t, 1);
+                }
+            }
             r.status.node_id = node.id.clone();
             r.status.node_cluster = node.cluster.clone();
             r.status.node_metadata = node
@@ -348,28 +546,132 @@ impl StreamHandle {
         }
     }
 
+    /// Record the subscription of one type (shared, not copied) and the explicitly
+    /// subscribed names the snapshot lacks.
+    pub fn set_subscription(&self, type_url: &str, sub: &Subscription, missing: Vec<String>) {
+        if let Some(mut r) = self.registry.streams.get_mut(&self.id) {
+            r.subs.insert(
+                type_url.to_string(),
+                (sub.is_wildcard(), sub.shared_names().clone()),
+            );
+        }
+        self.update(type_url, |t| t.missing = missing);
+    }
+
     /// Update (creating if needed) the status of one type.
     pub fn update(&self, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
-        if let Some(mut r) = self.registry.streams.get_mut(&self.id) {
-            let entry = r
-                .types
-                .entry(type_url.to_string())
-                .or_insert_with(|| TypeStatus {
+        let Some(mut guard) = self.registry.streams.get_mut(&self.id) else {
+            return;
+        };
+        let r = &mut *guard;
+        if !r.types.contains_key(type_url) {
+            r.types.insert(
+                type_url.to_string(),
+                TypeStatus {
                     type_url: type_url.to_string(),
                     ..Default::default()
+                },
+            );
+        }
+        let Some(entry) = r.types.get_mut(type_url) else {
+            return;
+        };
+        let before = (
+            entry.version_sent.is_some(),
+            entry.synced_version.clone(),
+            entry.nacks,
+            entry.last_push_unix_ms,
+        );
+        f(entry);
+        let sync_moved =
+            before.0 != entry.version_sent.is_some() || before.1 != entry.synced_version;
+        let nacked = entry.nacks != before.2;
+        let pushed = entry.last_push_unix_ms != before.3;
+        if !(sync_moved || nacked || pushed) {
+            return;
+        }
+        let mut shared = self.registry.lock_shared();
+        let group = r.status.group.as_str();
+        if sync_moved {
+            let old = TypeStatus {
+                type_url: type_url.to_string(),
+                version_sent: before.0.then(String::new),
+                synced_version: before.1,
+                ..Default::default()
+            };
+            count(&mut shared, group, &old, -1);
+            count(&mut shared, group, entry, 1);
+        }
+        if nacked {
+            if let Some(nack) = &entry.last_nack {
+                let events = &mut shared.events.nacks;
+                if events.len() >= MAX_EVENTS {
+                    events.remove(0);
+                }
+                events.push(NackEvent {
+                    stream_id: self.id,
+                    node_id: r.status.node_id.clone(),
+                    group: group.to_string(),
+                    type_url: type_url.to_string(),
+                    nack: nack.clone(),
                 });
-            f(entry);
+            }
+        }
+        if let (true, Some(pushed)) = (pushed, entry.last_push_unix_ms) {
+            // Push latency: the first push after the group's latest swap. Pushes to a stream
+            // that connected after the swap are initial fetches, not push latency.
+            if let Some(&swapped) = shared.swaps.get(group) {
+                let seen = r.push_seen.get(type_url) == Some(&swapped);
+                if pushed >= swapped && r.status.connected_since_unix_ms <= swapped && !seen {
+                    r.push_seen.insert(type_url.to_string(), swapped);
+                    let delays = &mut shared.events.push_delays;
+                    if delays.len() < MAX_EVENTS {
+                        delays.push((type_url.to_string(), (pushed - swapped) as f64 / 1000.0));
+                    }
+                }
+            }
+        }
+        drop(shared);
+        self.registry.changed.notify_one();
+    }
+}
+
+/// Add (`delta` 1) or remove (-1) one stream's type status from its group's counts.
+fn count(shared: &mut Shared, group: &str, t: &TypeStatus, delta: isize) {
+    if t.version_sent.is_none() {
+        return;
+    }
+    let types = shared.sync.entry(group.to_string()).or_default();
+    let sync = types.entry(t.type_url.clone()).or_default();
+    sync.sent = sync.sent.saturating_add_signed(delta);
+    if let Some(v) = &t.synced_version {
+        let n = sync.synced.entry(v.clone()).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            sync.synced.remove(v);
+        }
+    }
+    if sync.sent == 0 && sync.synced.is_empty() {
+        types.remove(&t.type_url);
+        if types.is_empty() {
+            shared.sync.remove(group);
         }
     }
 }
 
 impl Drop for StreamHandle {
     fn drop(&mut self) {
-        self.registry.streams.remove(&self.id);
+        if let Some((_, r)) = self.registry.streams.remove(&self.id) {
+            let mut shared = self.registry.lock_shared();
+            for t in r.types.values() {
+                count(&mut shared, &r.status.group, t, -1);
+            }
+        }
         self.registry
             .metrics
             .streams_closed
             .fetch_add(1, Ordering::Relaxed);
+        self.registry.changed.notify_one();
     }
 }
 
@@ -418,6 +720,83 @@ fn value_to_json(v: &Value) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_counts_follow_sync_and_streams() {
+        let registry = Arc::new(ProxyRegistry::new());
+        let a = registry.open(Transport::DeltaAds);
+        let b = registry.open(Transport::DeltaAds);
+        let node = Node::default();
+        a.set_node(&node, "g");
+        b.set_node(&node, "g");
+        let v = |_: &str| "v1";
+        // Nothing sent yet: nothing to wait for.
+        assert!(registry.group_in_sync("g", v));
+        a.update("t", |t| t.version_sent = Some("v1".into()));
+        b.update("t", |t| t.version_sent = Some("v1".into()));
+        assert!(!registry.group_in_sync("g", v));
+        a.update("t", |t| t.synced_version = Some("v1".into()));
+        assert!(!registry.group_in_sync("g", v));
+        b.update("t", |t| t.synced_version = Some("v1".into()));
+        assert!(registry.group_in_sync("g", v));
+        assert!(!registry.group_in_sync("g", |_| "v2"));
+        assert_eq!(registry.groups_with_streams(), ["g"]);
+        // A stream that goes away no longer counts.
+        b.update("t", |t| t.synced_version = Some("v0".into()));
+        assert!(!registry.group_in_sync("g", v));
+        drop(b);
+        assert!(registry.group_in_sync("g", v));
+        drop(a);
+        assert!(registry.groups_with_streams().is_empty());
+    }
+
+    #[test]
+    fn nacks_and_first_pushes_after_a_swap_are_events() {
+        let registry = Arc::new(ProxyRegistry::new());
+        let h = registry.open(Transport::SotwAds);
+        h.set_node(
+            &Node {
+                id: "n".into(),
+                ..Default::default()
+            },
+            "g",
+        );
+        let swap = now_unix_ms();
+        registry.mark_swap("g", swap);
+        h.update("t", |t| t.last_push_unix_ms = Some(swap + 5));
+        h.update("t", |t| t.last_push_unix_ms = Some(swap + 9));
+        h.update("t", |t| {
+            t.nacks += 1;
+            t.last_nack = Some(NackStatus {
+                version: "v".into(),
+                nonce: "1".into(),
+                client_version: String::new(),
+                message: "bad".into(),
+                resource_names: vec!["r".into()],
+                at_unix_ms: swap,
+            });
+        });
+        let events = registry.take_events();
+        assert_eq!(events.push_delays, [("t".to_string(), 0.005)]);
+        assert_eq!(events.nacks.len(), 1);
+        assert_eq!(events.nacks[0].node_id, "n");
+        assert_eq!(events.nacks[0].nack.message, "bad");
+        assert!(registry.take_events().nacks.is_empty());
+    }
+
+    #[test]
+    fn requests_are_counted_by_type_and_kind() {
+        let registry = Arc::new(ProxyRegistry::new());
+        let h = registry.open(Transport::SotwAds);
+        h.metrics()
+            .request(super::super::resource::CLUSTER, RequestKind::Ack);
+        h.metrics()
+            .request(super::super::resource::ENDPOINT, RequestKind::Nack);
+        let m = registry.metrics();
+        assert_eq!((m.requests_ack, m.requests_nack), (1, 1));
+        assert_eq!(m.requests_by_type["cds"], [0, 1, 0, 0]);
+        assert_eq!(m.requests_by_type["eds"], [0, 0, 1, 0]);
+    }
 
     #[test]
     fn handle_drop_removes_stream() {

@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use prost::Message;
 use tonic::Status;
 
-use super::cache::Snapshot;
+use super::cache::{Snapshot, TypeResources};
 use super::registry::{now_unix_ms, NackStatus, RequestKind, SyncState};
 use super::resource::{
     self, is_full_state, placeholder, push_rank, set_version, short_type, EncodedResource,
@@ -258,11 +258,9 @@ impl SotwProtocol {
                 .collect(),
             None => Vec::new(),
         };
-        let subscribed = state.sub.describe();
-        self.ctx.handle.update(type_url, |t| {
-            t.subscribed = subscribed;
-            t.missing = missing;
-        });
+        self.ctx
+            .handle
+            .set_subscription(type_url, &state.sub, missing);
     }
 }
 
@@ -296,7 +294,7 @@ impl Protocol for SotwProtocol {
         let sub = &state.sub;
         state.sent.retain(|name, _| sub.covers(name));
         let force = state.force;
-        self.ctx.handle.metrics().request(kind);
+        self.ctx.handle.metrics().request(&type_url, kind);
         match kind {
             RequestKind::Ack => {
                 state.pending = false;
@@ -382,11 +380,21 @@ impl Protocol for SotwProtocol {
     }
 
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<SotwWire> {
-        self.snapshot = Some(snapshot.clone());
+        let previous = self.snapshot.replace(snapshot.clone());
         let mut order: Vec<String> = self.types.keys().cloned().collect();
         order.sort_by(|a, b| push_rank(a).cmp(&push_rank(b)));
         for type_url in &order {
-            self.record_subscription(type_url);
+            // `missing` can only change when names come or go.
+            let names_changed = previous.as_ref().is_none_or(|p| {
+                TypeResources::diff(
+                    p.type_resources(type_url),
+                    snapshot.type_resources(type_url),
+                )
+                .names_changed
+            });
+            if names_changed && !self.types[type_url].sub.names().is_empty() {
+                self.record_subscription(type_url);
+            }
         }
         let mut out = Vec::new();
 

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use prost::bytes::Bytes;
 use tokio::sync::{mpsc, watch};
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::cache::{Snapshot, SnapshotCache, StreamInfo};
+use super::grpc::Inbound;
 use super::registry::{ProxyRegistry, StreamHandle, Transport};
 use super::ServerOptions;
 
@@ -93,7 +94,7 @@ impl StreamCtx {
 
 /// A protocol state machine driven by [`run`].
 pub(crate) trait Protocol: Send + 'static {
-    type Request: Send + 'static;
+    type Request: prost::Message + Default + Send + 'static;
     type Response: Send + 'static;
 
     fn ctx(&mut self) -> &mut StreamCtx;
@@ -129,7 +130,7 @@ async fn send_all<R>(tx: &mpsc::Sender<Result<R, Status>>, responses: Vec<R>) ->
 pub(crate) async fn run<P: Protocol>(
     shared: Shared,
     mut protocol: P,
-    mut inbound: Streaming<P::Request>,
+    mut inbound: Inbound<P::Request>,
     tx: mpsc::Sender<Result<P::Response, Status>>,
 ) {
     let mut shutdown = shared.shutdown.clone();

@@ -1,7 +1,9 @@
 //! What a stream is subscribed to, for one type URL: the wildcard and explicit names,
 //! following xds_protocol.rst "How the client specifies what resources to return".
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// The special wildcard resource name.
 pub const WILDCARD: &str = "*";
@@ -30,10 +32,50 @@ impl LegacyWildcard {
     }
 }
 
+/// A set of explicitly subscribed names, shared: identical sets are one allocation (see
+/// [`intern`]), so a thousand proxies subscribed to the same 4,000 endpoint names hold one
+/// copy between them.
+pub(crate) type Names = Arc<BTreeSet<String>>;
+
+/// The shared copy of `set`: an existing identical set if one is alive, else `set` itself.
+/// Costs one hash of the set, paid when a subscription changes (never per push).
+pub(crate) fn intern(set: BTreeSet<String>) -> Names {
+    type Table = HashMap<u64, Vec<Weak<BTreeSet<String>>>>;
+    static EMPTY: OnceLock<Names> = OnceLock::new();
+    static TABLE: OnceLock<Mutex<(Table, usize)>> = OnceLock::new();
+    if set.is_empty() {
+        return EMPTY.get_or_init(|| Arc::new(BTreeSet::new())).clone();
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    set.hash(&mut hasher);
+    let key = hasher.finish();
+    let mut guard = TABLE
+        .get_or_init(|| Mutex::new((HashMap::new(), 0)))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let (table, inserts) = &mut *guard;
+    let bucket = table.entry(key).or_default();
+    bucket.retain(|w| w.strong_count() > 0);
+    if let Some(shared) = bucket.iter().filter_map(Weak::upgrade).find(|s| **s == set) {
+        return shared;
+    }
+    let shared = Arc::new(set);
+    bucket.push(Arc::downgrade(&shared));
+    *inserts += 1;
+    if *inserts % 1024 == 0 {
+        // Drop the buckets of sets nobody holds any more.
+        table.retain(|_, b| {
+            b.retain(|w| w.strong_count() > 0);
+            !b.is_empty()
+        });
+    }
+    shared
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Subscription {
     wildcard: bool,
-    names: BTreeSet<String>,
+    names: Names,
     /// True while no request for this type has named anything (`*` included): the legacy
     /// wildcard reading of an empty list is still available.
     legacy: bool,
@@ -43,7 +85,7 @@ impl Default for Subscription {
     fn default() -> Self {
         Subscription {
             wildcard: false,
-            names: BTreeSet::new(),
+            names: intern(BTreeSet::new()),
             legacy: true,
         }
     }
@@ -59,6 +101,11 @@ impl Subscription {
         &self.names
     }
 
+    /// The same, shared.
+    pub fn shared_names(&self) -> &Names {
+        &self.names
+    }
+
     pub fn is_explicit(&self, name: &str) -> bool {
         self.names.contains(name)
     }
@@ -68,30 +115,32 @@ impl Subscription {
         self.wildcard || self.names.contains(name)
     }
 
-    /// For status: `*` first if subscribed, then the names.
-    pub fn describe(&self) -> Vec<String> {
-        let mut out = Vec::with_capacity(self.names.len() + 1);
-        if self.wildcard {
-            out.push(WILDCARD.to_string());
-        }
-        out.extend(self.names.iter().cloned());
-        out
-    }
-
     /// SotW: every request carries the whole list. Returns the explicit names that were
     /// added.
     pub fn apply_sotw(&mut self, requested: &[String], legacy_allowed: bool) -> BTreeSet<String> {
-        let before = std::mem::take(&mut self.names);
+        let before = std::mem::replace(&mut self.names, intern(BTreeSet::new()));
         if self.legacy && requested.is_empty() {
             self.wildcard = legacy_allowed;
         } else {
             self.legacy = false;
             self.wildcard = requested.iter().any(|n| n == WILDCARD);
-            self.names = requested
-                .iter()
-                .filter(|n| *n != WILDCARD)
-                .cloned()
-                .collect();
+            let same = requested.iter().filter(|n| *n != WILDCARD).count() == before.len()
+                && requested
+                    .iter()
+                    .filter(|n| *n != WILDCARD)
+                    .all(|n| before.contains(n));
+            if same {
+                // An ACK repeats the list: keep the shared set.
+                self.names = before;
+                return BTreeSet::new();
+            }
+            self.names = intern(
+                requested
+                    .iter()
+                    .filter(|n| *n != WILDCARD)
+                    .cloned()
+                    .collect(),
+            );
         }
         self.names.difference(&before).cloned().collect()
     }
@@ -112,18 +161,29 @@ impl Subscription {
         if !subscribe.is_empty() {
             self.legacy = false;
         }
+        let touches_names = subscribe.iter().chain(unsubscribe).any(|n| n != WILDCARD);
+        let mut names = if touches_names {
+            Some((*self.names).clone())
+        } else {
+            None
+        };
         for name in subscribe {
             if name == WILDCARD {
                 self.wildcard = true;
-            } else {
-                self.names.insert(name.clone());
+            } else if let Some(names) = names.as_mut() {
+                names.insert(name.clone());
             }
         }
         for name in unsubscribe {
             if name == WILDCARD {
                 self.wildcard = false;
-            } else {
-                self.names.remove(name);
+            } else if let Some(names) = names.as_mut() {
+                names.remove(name);
+            }
+        }
+        if let Some(names) = names {
+            if names != *self.names {
+                self.names = intern(names);
             }
         }
     }
@@ -159,6 +219,26 @@ mod tests {
     }
 
     #[test]
+    fn identical_name_sets_are_shared() {
+        let mut a = Subscription::default();
+        let mut b = Subscription::default();
+        a.apply_delta(&v(&["x", "y"]), &[], true, false);
+        b.apply_delta(&v(&["y"]), &[], true, false);
+        assert!(!Arc::ptr_eq(a.shared_names(), b.shared_names()));
+        b.apply_delta(&v(&["x"]), &[], false, false);
+        assert!(Arc::ptr_eq(a.shared_names(), b.shared_names()));
+        // Changing one does not change the other.
+        b.apply_delta(&[], &v(&["x"]), false, false);
+        assert!(a.covers("x") && !b.covers("x"));
+        let mut s = Subscription::default();
+        s.apply_sotw(&v(&["x", "y"]), false);
+        assert!(Arc::ptr_eq(a.shared_names(), s.shared_names()));
+        // An ACK repeating the list adds nothing and keeps the set.
+        assert!(s.apply_sotw(&v(&["y", "x"]), false).is_empty());
+        assert!(Arc::ptr_eq(a.shared_names(), s.shared_names()));
+    }
+
+    #[test]
     fn delta_spec_sequence() {
         let mut s = Subscription::default();
         s.apply_delta(&[], &[], true, true);
@@ -168,6 +248,6 @@ mod tests {
         s.apply_delta(&[], &v(&["*"]), false, true);
         assert!(!s.is_wildcard() && s.covers("A"));
         s.apply_delta(&[], &v(&["A"]), false, true);
-        assert!(!s.is_wildcard() && !s.covers("A") && s.describe().is_empty());
+        assert!(!s.is_wildcard() && !s.covers("A") && s.names().is_empty());
     }
 }
