@@ -792,7 +792,30 @@ fn a_bad_virtual_service_is_reported_on_the_object_and_the_last_good_config_keep
         .into_iter()
         .filter(|e| e["regarding"]["name"] == "calc" && e["regarding"]["kind"] == "VirtualService")
         .collect();
-    assert!(!reported.is_empty(), "still reported");
+    assert_eq!(
+        reported.len(),
+        1,
+        "the same error is reported once while it lasts, not once per reading: {reported:#?}"
+    );
+    assert_eq!(reported[0]["reason"], "ConfigError");
+    // The new subset selects no endpoint: a warning, posted on the DestinationRule.
+    let warning = eventually(
+        "a warning Event on the DestinationRule",
+        CHANGE_TIMEOUT,
+        || {
+            rig.api
+                .events()
+                .into_iter()
+                .find(|e| e["regarding"]["kind"] == "DestinationRule")
+                .ok_or_else(|| format!("events: {:#?}", rig.api.events()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", rig.context()));
+    assert_eq!(warning["reason"], "ConfigWarning", "{warning:#}");
+    assert!(
+        warning["note"].as_str().is_some_and(|n| n.contains("v4")),
+        "{warning:#}"
+    );
     // Fixed: the new route applies and the errors clear.
     rig.api.apply(&virtual_service("v1", "v2", None));
     rig.wait_answered_by(&["v2"], "fixed");
