@@ -969,3 +969,86 @@ fn kube_event_recorder_posts_then_patches_events() {
         ["POST 201".to_string(), "PATCH 200".to_string()]
     );
 }
+
+#[test]
+fn a_watch_ends_at_its_timeout_with_a_bookmark_and_the_watcher_resumes_without_relisting() {
+    let server = KubeApiServer::start_with(Options {
+        // No periodic bookmark: the only ones are those sent when a watch times out.
+        bookmark_interval: Duration::from_secs(3600),
+        ..Options::default()
+    });
+    let dir = TempDir::new("kube-standin");
+    server.apply(&service("demo", "a", 80, json!({})));
+    let rt = runtime();
+    rt.block_on(async {
+        let client = client(&server, &dir).await;
+        let api: Api<Service> = Api::namespaced(client.clone(), "demo");
+        let mut stream = watcher(api, watcher::Config::default().timeout(1)).boxed();
+        until(&mut stream, "initial list", |ev| {
+            matches!(ev, watcher::Event::InitDone)
+        })
+        .await;
+        // Changes made while the watch comes and goes (every second) all arrive.
+        for i in 0..3 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let name = format!("b{i}");
+            server.apply(&service("demo", &name, 80, json!({})));
+            until(
+                &mut stream,
+                "a change across watch timeouts",
+                |ev| matches!(ev, watcher::Event::Apply(s) if name_of(s) == name),
+            )
+            .await;
+        }
+        // A change outside the watched namespace: no event for this watcher, but the
+        // bookmark sent when its watch times out carries the newer resourceVersion.
+        let drain = tokio::spawn(async move { while stream.next().await.is_some() {} });
+        server.apply(&service("elsewhere", "z", 80, json!({})));
+        let global = server.resource_version();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        drain.abort();
+        let last_watch = server
+            .requests()
+            .into_iter()
+            .rev()
+            .find(|r| r.is_watch())
+            .expect("a watch");
+        let from: u64 = last_watch
+            .query("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .expect("a resourceVersion");
+        assert!(
+            from >= global,
+            "the re-watch starts from the bookmark's resourceVersion {global}, not {from}"
+        );
+    });
+    server.assert_no_rejections();
+    let requests = server.requests();
+    let lists = requests.iter().filter(|r| !r.is_watch()).count();
+    let watches: Vec<_> = requests.iter().filter(|r| r.is_watch()).collect();
+    assert_eq!(lists, 1, "listed once: {requests:?}");
+    assert!(
+        watches.len() >= 2,
+        "re-watched after each timeout: {watches:?}"
+    );
+    for w in &watches {
+        assert_eq!(w.query("timeoutSeconds").as_deref(), Some("1"));
+    }
+    // Every re-watch starts from a resourceVersion the client got from the server.
+    let mut from: Vec<u64> = watches
+        .iter()
+        .filter_map(|w| w.query("resourceVersion")?.parse().ok())
+        .collect();
+    assert_eq!(from.len(), watches.len());
+    let sorted = {
+        let mut s = from.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(from, sorted, "resourceVersions never go back");
+    from.dedup();
+    assert!(
+        from.len() >= 2,
+        "the timeout bookmark advanced the resourceVersion: {from:?}"
+    );
+}
