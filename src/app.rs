@@ -856,7 +856,12 @@ impl App {
             }
         };
         let problems = reload::timed(&mut timings.check, || {
-            default_snapshot.consistent().problems()
+            let state = self.state.load();
+            match state.served.as_ref() {
+                // Same references as the served snapshot: its problems were already logged.
+                Some(s) if reload::same_references(&s.snapshot, &default_snapshot) => Vec::new(),
+                _ => default_snapshot.consistent().problems(),
+            }
         });
         for problem in problems {
             tracing::warn!("{problem}");
@@ -876,9 +881,11 @@ impl App {
             .map(|(name, g)| (name.clone(), g.view.clone()))
             .collect();
         timings.other_groups = others.len();
-        for (name, view) in others {
-            let snapshot =
-                reload::timed(&mut timings.views, || self.translate_view(&parsed, &view));
+        // Each view is a whole translation: on as many cores as there are.
+        let snapshots = reload::timed(&mut timings.views, || {
+            reload::in_parallel(&others, |(_, view)| self.translate_view(&parsed, view))
+        });
+        for ((name, view), snapshot) in others.into_iter().zip(snapshots) {
             if let Some(snapshot) = snapshot {
                 changed |=
                     reload::timed(&mut timings.set, || self.set_target(&name, view, snapshot));

@@ -17,7 +17,7 @@ use shadowplane_translator::{
     canonical, diag, lower, parse, xds, Options, Parsed, Resources, SourceFile, Translation,
 };
 
-use crate::xds::resource::EncodedResource;
+use crate::xds::resource::{EncodedResource, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::xds::{Snapshot, SnapshotError};
 
 /// The parse of each file of the last reading, by path, with the text it was parsed from.
@@ -149,6 +149,33 @@ pub(super) fn translate_timed(
     }
 }
 
+/// `f` of every item, in order, on up to as many threads as there are cores (on this thread
+/// alone for one item).
+pub(super) fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(results) => results,
+                // A panic in `f` is a bug: carry it on as if it had happened here.
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
 /// The snapshot of `resources`, as [`Snapshot::from_resources`] builds it, reusing the encoding
 /// (canonical bytes and content hash) of every resource that is equal to the one of the same
 /// name in `previous` (the resources `previous_snapshot` was built from): after a one-route
@@ -160,41 +187,63 @@ pub(super) fn snapshot_reusing(
     let Some((old, old_snapshot)) = previous else {
         return Snapshot::from_resources(resources);
     };
-    let mut items = Vec::with_capacity(
-        resources.listeners.len()
-            + resources.routes.len()
-            + resources.clusters.len()
-            + resources.endpoints.len(),
-    );
-    reuse(
-        &mut items,
-        &resources.listeners,
-        &old.listeners,
-        old_snapshot,
-        |l| &l.name,
-    );
-    reuse(
-        &mut items,
-        &resources.routes,
-        &old.routes,
-        old_snapshot,
-        |r| &r.name,
-    );
-    reuse(
-        &mut items,
-        &resources.clusters,
-        &old.clusters,
-        old_snapshot,
-        |c| &c.name,
-    );
-    reuse(
-        &mut items,
-        &resources.endpoints,
-        &old.endpoints,
-        old_snapshot,
-        |e| &e.cluster_name,
-    );
+    // Listeners and routes (a route configuration holding every virtual host is the biggest
+    // resource by far) on a second thread; clusters and endpoints here.
+    let (mut items, rest) = std::thread::scope(|scope| {
+        let routing = scope.spawn(|| {
+            let mut items = Vec::with_capacity(resources.listeners.len() + resources.routes.len());
+            reuse(
+                &mut items,
+                &resources.listeners,
+                &old.listeners,
+                old_snapshot,
+                |l| &l.name,
+            );
+            reuse(
+                &mut items,
+                &resources.routes,
+                &old.routes,
+                old_snapshot,
+                |r| &r.name,
+            );
+            items
+        });
+        let mut rest = Vec::with_capacity(resources.clusters.len() + resources.endpoints.len());
+        reuse(
+            &mut rest,
+            &resources.clusters,
+            &old.clusters,
+            old_snapshot,
+            |c| &c.name,
+        );
+        reuse(
+            &mut rest,
+            &resources.endpoints,
+            &old.endpoints,
+            old_snapshot,
+            |e| &e.cluster_name,
+        );
+        match routing.join() {
+            Ok(items) => (items, rest),
+            // A panic while encoding is a bug: carry it on as if it had happened here.
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    });
+    // The order of Snapshot::from_resources, so a duplicate name is reported the same way.
+    items.extend(rest);
     Snapshot::new(items)
+}
+
+/// Whether `a` and `b` have the same cross-references, so the same
+/// [`Snapshot::consistent`] report: the same listeners and clusters (which hold the RDS and
+/// EDS names) and the same route configuration and endpoint names.
+pub(super) fn same_references(a: &Snapshot, b: &Snapshot) -> bool {
+    a.version(LISTENER) == b.version(LISTENER)
+        && a.version(CLUSTER) == b.version(CLUSTER)
+        && a.resources(ROUTE).keys().eq(b.resources(ROUTE).keys())
+        && a.resources(ENDPOINT)
+            .keys()
+            .eq(b.resources(ENDPOINT).keys())
 }
 
 /// Push the encoding of each of `new` onto `out`: the previous one when `old` has an equal
@@ -278,6 +327,15 @@ mod tests {
     }
 
     #[test]
+    fn parallel_results_keep_the_order_of_the_items() {
+        for n in [0usize, 1, 2, 3, 10] {
+            let items: Vec<usize> = (0..n).collect();
+            let doubled = in_parallel(&items, |i| i * 2);
+            assert_eq!(doubled, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
     fn timed_translation_is_the_translation() {
         let files = vec![file("se.yaml", SE), file("a.yaml", DR), file("b.yaml", VS)];
         let parsed = parse::parse_files(&files);
@@ -335,5 +393,13 @@ mod tests {
             reused.version(crate::xds::resource::ROUTE),
             before_snapshot.version(crate::xds::resource::ROUTE)
         );
+
+        // A new cluster changes the references; a route change alone does not.
+        assert!(!same_references(&before_snapshot, &reused));
+        assert!(same_references(&before_snapshot, &before_snapshot));
+        let route_only = translate(&VS.replace("  - route:", "  - timeout: 5s\n    route:"), DR);
+        let route_only = Snapshot::from_resources(&route_only).expect("snapshot");
+        assert_ne!(route_only.version(ROUTE), before_snapshot.version(ROUTE));
+        assert!(same_references(&before_snapshot, &route_only));
     }
 }
