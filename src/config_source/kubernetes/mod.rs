@@ -215,9 +215,12 @@ async fn client(cfg: &KubeSourceConfig) -> Result<Client, KubeSourceError> {
 }
 
 /// The files of the store: Services' ServiceEntries and Istio objects, sorted by path.
-fn files_of(store: &watch::Store, domain_suffix: &str) -> Vec<Rendered> {
-    let mut out =
-        convert::service_entries(&store.services, &store.slices, &store.pods, domain_suffix);
+fn files_of(
+    store: &watch::Store,
+    cache: &mut convert::ServiceEntryCache,
+    domain_suffix: &str,
+) -> Vec<Rendered> {
+    let mut out = cache.update(&store.services, &store.slices, &store.pods, domain_suffix);
     out.extend(store.istio.values().flat_map(|t| t.values().cloned()));
     out.sort_by(|a, b| a.file.path.cmp(&b.file.path));
     out
@@ -235,6 +238,7 @@ async fn reading_loop(
     references: Arc<std::sync::Mutex<BTreeMap<String, ObjectReference>>>,
 ) {
     let started = std::time::Instant::now();
+    let mut cache = convert::ServiceEntryCache::default();
     loop {
         if changes.recv().await.is_none() {
             return;
@@ -259,7 +263,7 @@ async fn reading_loop(
             if !store.ready() {
                 continue;
             }
-            files_of(&store, &domain_suffix)
+            files_of(&store, &mut cache, &domain_suffix)
         };
         let files: Vec<SourceFile> = rendered.iter().map(|r| r.file.clone()).collect();
         let previous = tx.borrow().clone();
