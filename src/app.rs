@@ -117,6 +117,9 @@ pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
 pub const NAMESPACE_KEY: &str = "NAMESPACE";
 /// Node metadata key naming the address the proxy's listeners bind to.
 pub const BIND_ADDRESS_KEY: &str = "BIND_ADDRESS";
+/// Node metadata key: `"true"` asks for virtual hosts over VHDS (translator `Options::vhds`),
+/// honoured on delta ADS streams only (Envoy serves VHDS over delta xDS only).
+pub const VHDS_KEY: &str = "VHDS";
 /// Node metadata key naming the bootstrap's static cluster of the xDS server, for proxies on
 /// per-type streams (their RDS and EDS go to it).
 pub const XDS_CLUSTER_KEY: &str = "XDS_CLUSTER";
@@ -511,6 +514,8 @@ pub struct NodeView {
     /// differs from the server's options: `ads` on ADS streams; on per-type ones gRPC to the
     /// bootstrap's xDS cluster.
     pub config_source: Option<ConfigSourceKind>,
+    /// Virtual hosts over VHDS: node metadata `VHDS: "true"` on a delta ADS stream.
+    pub vhds: bool,
 }
 
 impl NodeView {
@@ -528,8 +533,11 @@ impl NodeView {
                 delta: stream.transport == crate::xds::Transport::Delta,
             }
         };
+        let vhds = stream.transport == crate::xds::Transport::DeltaAds
+            && metadata_string(node, VHDS_KEY).is_some_and(|v| v.eq_ignore_ascii_case("true"));
         NodeView {
             config_source: (needed != options.config_source).then_some(needed),
+            vhds,
             ..NodeView::of(node, options)
         }
     }
@@ -556,6 +564,7 @@ impl NodeView {
             namespace,
             bind_address,
             config_source: None,
+            vhds: false,
         }
     }
 
@@ -571,6 +580,9 @@ impl NodeView {
         }
         if let Some(kind) = &self.config_source {
             parts.push(format!("config_source={kind}"));
+        }
+        if self.vhds {
+            parts.push("vhds".to_string());
         }
         if parts.is_empty() {
             DEFAULT_GROUP.to_string()
@@ -590,6 +602,9 @@ impl NodeView {
         }
         if let Some(kind) = &self.config_source {
             options.config_source = kind.clone();
+        }
+        if self.vhds {
+            options.vhds = true;
         }
         options
     }
@@ -1597,6 +1612,31 @@ mod tests {
             .group(),
             "default"
         );
+    }
+
+    #[test]
+    fn vhds_metadata_is_honoured_on_delta_ads_streams_only() {
+        use crate::xds::registry::Transport;
+        let base = Options::default();
+        let vhds = node(&[("VHDS", "true")]);
+        let on = |transport| StreamInfo {
+            transport,
+            type_url: match transport {
+                Transport::SotwAds | Transport::DeltaAds => None,
+                Transport::Sotw | Transport::Delta => Some(crate::xds::resource::ROUTE),
+            },
+        };
+        let view = NodeView::for_stream(&vhds, &on(Transport::DeltaAds), &base);
+        assert_eq!(view.group(), "vhds");
+        assert!(view.options(&base).vhds);
+        for transport in [Transport::SotwAds, Transport::Sotw, Transport::Delta] {
+            let view = NodeView::for_stream(&vhds, &on(transport), &base);
+            assert!(!view.group().contains("vhds"), "{transport:?}");
+            assert!(!view.options(&base).vhds, "{transport:?}");
+        }
+        let off = node(&[("VHDS", "false")]);
+        let view = NodeView::for_stream(&off, &on(Transport::DeltaAds), &base);
+        assert_eq!(view.group(), "default");
     }
 
     #[test]

@@ -139,7 +139,11 @@ pub(super) fn translate_timed(
         lower::lower(&parsed.resources, options, &mut diagnostics)
     });
     let resources = timed(&mut timings.build, || {
-        xds::build_with_config_source(&model, &options.config_source)
+        let mut resources = xds::build_with_config_source(&model, &options.config_source);
+        if options.vhds && options.config_source == shadowplane_translator::ConfigSourceKind::Ads {
+            xds::virtual_host::enable_vhds(&mut resources.routes);
+        }
+        resources
     });
     diag::sort(&mut diagnostics);
     Translation {
@@ -187,6 +191,10 @@ pub(super) fn snapshot_reusing(
     let Some((old, old_snapshot)) = previous else {
         return Snapshot::from_resources(resources);
     };
+    if resources.routes.iter().any(|r| r.vhds.is_some()) {
+        // VHDS views: route configurations are split into virtual hosts (not reused here).
+        return Snapshot::from_resources(resources);
+    }
     // Listeners and routes (a route configuration holding every virtual host is the biggest
     // resource by far) on a second thread; clusters and endpoints here.
     let (mut items, rest) = std::thread::scope(|scope| {

@@ -24,7 +24,7 @@ use tonic::Status;
 
 use super::cache::{Snapshot, TypeResources};
 use super::registry::{now_unix_ms, NackStatus, RequestKind, SyncState};
-use super::resource::{push_rank, removal_rank, short_type, EncodedResource};
+use super::resource::{push_rank, removal_rank, short_type, EncodedResource, VIRTUAL_HOST};
 use super::stream::{Protocol, StreamCtx};
 use super::subscription::{Subscription, WILDCARD};
 use super::wire::DeltaWire;
@@ -440,7 +440,11 @@ impl Protocol for DeltaProtocol {
 
     fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<Vec<DeltaWire>, Status> {
         let type_url = self.ctx.resolve_type(&req.type_url)?;
-        let legacy = self.ctx.options.legacy_wildcard.applies_to(&type_url);
+        // Envoy's VHDS subscription starts with an empty subscribe meaning "every virtual host
+        // of my route configurations" (it files them by the `<route config>/` prefix).
+        let legacy = self.ctx.options.legacy_wildcard.applies_to(&type_url)
+            || (type_url == VIRTUAL_HOST
+                && self.ctx.options.legacy_wildcard != super::subscription::LegacyWildcard::Never);
         self.types.entry(type_url.clone()).or_default();
         let kind = self.acknowledge(&type_url, &req);
         self.ctx.handle.metrics().request(&type_url, kind);

@@ -15,6 +15,9 @@ use sha2::{Digest, Sha256};
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 /// `type.googleapis.com/envoy.config.route.v3.RouteConfiguration`
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// `type.googleapis.com/envoy.config.route.v3.VirtualHost` (VHDS, delta only; resources named
+/// `<route configuration name>/<virtual host>`).
+pub const VIRTUAL_HOST: &str = "type.googleapis.com/envoy.config.route.v3.VirtualHost";
 /// `type.googleapis.com/envoy.config.cluster.v3.Cluster`
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 /// `type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment`
@@ -22,12 +25,12 @@ pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.Cluster
 
 /// The order in which a push on an aggregated stream sends types (make-before-break,
 /// xds_protocol.rst "Eventual consistency considerations"): clusters, endpoints, listeners,
-/// routes. Other type URLs follow in lexical order.
-pub const PUSH_ORDER: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+/// routes, virtual hosts (VHDS after RDS). Other type URLs follow in lexical order.
+pub const PUSH_ORDER: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, VIRTUAL_HOST];
 
 /// The order in which removals are sent on an aggregated delta stream: whatever references
-/// a resource is removed before the resource itself.
-pub const REMOVAL_ORDER: [&str; 4] = [LISTENER, ROUTE, CLUSTER, ENDPOINT];
+/// a resource is removed before the resource itself (a virtual host before its clusters).
+pub const REMOVAL_ORDER: [&str; 5] = [LISTENER, ROUTE, VIRTUAL_HOST, CLUSTER, ENDPOINT];
 
 /// Whether a SotW response of this type must carry every resource of the type (the client
 /// deletes what is absent). True for listeners and clusters only (xds_protocol.rst, "Grouping
@@ -221,6 +224,12 @@ mod tests {
         assert_eq!(Cluster::type_url(), CLUSTER);
         assert_eq!(ClusterLoadAssignment::type_url(), ENDPOINT);
         assert_eq!(short_type(ENDPOINT), "ClusterLoadAssignment");
+        assert_eq!(
+            envoy_types::pb::envoy::config::route::v3::VirtualHost::type_url(),
+            VIRTUAL_HOST
+        );
+        assert!(push_rank(ROUTE) < push_rank(VIRTUAL_HOST));
+        assert!(removal_rank(VIRTUAL_HOST) < removal_rank(CLUSTER));
     }
 
     #[test]

@@ -49,6 +49,13 @@ pub struct Options {
     /// endpoints (EDS): over ADS like istiod (default), or on per-type gRPC streams to a
     /// cluster of the proxy's bootstrap.
     pub config_source: ConfigSourceKind,
+    /// Virtual hosts as resources of their own (VHDS), so a one-host change is one small
+    /// resource: every route configuration gets `vhds { config_source { ads {} } }` and keeps
+    /// its virtual hosts, which the xDS server then sends as `VirtualHost` resources named
+    /// `<route configuration>/<virtual host>` instead of inside it
+    /// ([`xds::virtual_host::split_virtual_hosts`]). Only with the `Ads` config source (Envoy
+    /// serves VHDS over delta ADS only); ignored otherwise. Default `false`.
+    pub vhds: bool,
 }
 
 /// The `ConfigSource` of the RDS and EDS references in the emitted listeners and clusters.
@@ -102,6 +109,7 @@ impl Default for Options {
             proxy_namespace: None,
             domain_suffix: "cluster.local".to_string(),
             config_source: ConfigSourceKind::Ads,
+            vhds: false,
         }
     }
 }
@@ -141,7 +149,10 @@ pub fn translate_files(files: &[SourceFile], options: &Options) -> Translation {
 pub fn translate(parsed: &Parsed, options: &Options) -> Translation {
     let mut diagnostics = parsed.diagnostics.clone();
     let model = lower::lower(&parsed.resources, options, &mut diagnostics);
-    let resources = xds::build_with_config_source(&model, &options.config_source);
+    let mut resources = xds::build_with_config_source(&model, &options.config_source);
+    if options.vhds && options.config_source == ConfigSourceKind::Ads {
+        xds::virtual_host::enable_vhds(&mut resources.routes);
+    }
     diag::sort(&mut diagnostics);
     Translation {
         model,

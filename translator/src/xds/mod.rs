@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod endpoint;
 pub mod listener;
 pub mod route;
+pub mod virtual_host;
 
 pub use bootstrap::{ads_bootstrap, static_bootstrap, AdsBootstrapOptions, BootstrapOptions};
 pub use cluster::{build_cluster, build_cluster_with_config_source};
