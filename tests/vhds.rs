@@ -320,11 +320,11 @@ fn config(hosts: &[(&str, &str)]) -> Vec<SourceFile> {
     let mut files = Vec::new();
     for (i, (host, dest)) in hosts.iter().enumerate() {
         files.push(SourceFile {
-            path: format!("se{i}.yaml").into(),
+            path: format!("se{i}.yaml"),
             text: service_entry(host, 80, 9000 + i as u16),
         });
         files.push(SourceFile {
-            path: format!("vs{i}.yaml").into(),
+            path: format!("vs{i}.yaml"),
             text: virtual_service(host, dest, 80),
         });
     }
