@@ -180,7 +180,7 @@ fn parse_args() -> Args {
         ramp: 100,
         changes: 3,
         rounds: 5,
-        debounce: "100ms".to_string(),
+        debounce: "20ms".to_string(), // serve's default
         bin: PathBuf::from("target/release/shadowplane"),
         envoy_bin: None,
         report: None,
@@ -228,7 +228,7 @@ fn parse_args() -> Args {
             "--debounce" => {
                 args.debounce = it
                     .next()
-                    .unwrap_or_else(|| usage("--debounce needs a duration such as 100ms"))
+                    .unwrap_or_else(|| usage("--debounce needs a duration such as 20ms"))
             }
             "--bin" => {
                 args.bin = it
