@@ -163,7 +163,10 @@ fn parse_args() -> Args {
                     Duration::from_secs(number(&mut it, "--sync-timeout", false) as u64)
             }
             "--debounce" => {
-                args.debounce = Some(it.next().unwrap_or_else(|| usage("--debounce needs a value")))
+                args.debounce = Some(
+                    it.next()
+                        .unwrap_or_else(|| usage("--debounce needs a value")),
+                )
             }
             "--bin" => {
                 args.bin = PathBuf::from(it.next().unwrap_or_else(|| usage("--bin needs a path")))
@@ -996,7 +999,7 @@ async fn run(api: &KubeApiServer, args: &Args, dir: &Path) -> Result<Value, Stri
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_cpu = (cpu_seconds(pid).unwrap_or(0.0) - cpu_idle0) / 3.0;
     eprintln!(
-        "memory: peak (VmHWM) {:.0} MiB, steady (synced, idle 5 s, one client) {:.0} MiB; idle CPU {idle_cpu:.2} cores",
+        "memory: peak until synced (VmHWM) {:.0} MiB, steady (synced, idle 5 s, one client) {:.0} MiB; idle CPU {idle_cpu:.2} cores",
         mib(hwm_kib),
         mib(steady_kib)
     );
@@ -1042,6 +1045,10 @@ async fn run(api: &KubeApiServer, args: &Args, dir: &Path) -> Result<Value, Stri
         let log_from = lock(&state).log.len();
         let cpu0 = cpu_seconds(pid).unwrap_or(0.0);
         let t0 = Instant::now();
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         api.apply(&slice(args, 0, not_ready));
         let deadline = t0 + Duration::from_secs(60);
         let mut first: Option<Instant> = None;
@@ -1055,9 +1062,11 @@ async fn run(api: &KubeApiServer, args: &Args, dir: &Path) -> Result<Value, Stri
                 }
                 let at = st.log.last().map(|r| r.at);
                 let default_ok = st.assignments.get(&default_cla) == Some(&want_default);
-                let v1_ok = v1_cla
-                    .as_ref()
-                    .is_none_or(|n| st.assignments.get(n).map_or(want_v1.is_empty(), |e| *e == want_v1));
+                let v1_ok = v1_cla.as_ref().is_none_or(|n| {
+                    st.assignments
+                        .get(n)
+                        .map_or(want_v1.is_empty(), |e| *e == want_v1)
+                });
                 if default_ok && first.is_none() {
                     first = at;
                 }
@@ -1104,13 +1113,14 @@ async fn run(api: &KubeApiServer, args: &Args, dir: &Path) -> Result<Value, Stri
             })
             .collect();
         eprintln!(
-            "  round {round} ({}): default cluster's endpoints at the client after {f:.1} ms, v1 subset's too after {b:.1} ms; server CPU {cpu:.2} s; sent: {}",
+            "  round {round} ({}): default cluster's endpoints at the client after {f:.1} ms, v1 subset's too after {b:.1} ms; server CPU {cpu:.2} s; sent: {} (the update at unix {wall:.3}, to line it up with serve.log)",
             if not_ready.is_some() { "v1 Pod not ready" } else { "v1 Pod ready again" },
             if sent.is_empty() { "nothing".to_string() } else { sent.join("; ") },
         );
         rounds.push(json!({
             "round": round,
             "change": if not_ready.is_some() { "ready=false" } else { "ready=true" },
+            "at_unix": wall,
             "first_ms": f,
             "both_ms": b,
             "server_cpu_s": cpu,
@@ -1147,6 +1157,7 @@ async fn run(api: &KubeApiServer, args: &Args, dir: &Path) -> Result<Value, Stri
         "startup_cpu_s": started.cpu_s,
         "rss_samples": started.samples.iter().map(|(s, k)| json!([s, mib(*k)])).collect::<Vec<_>>(),
         "peak_sampled_mib": mib(started.peak_sampled_kib),
+        "hwm_start_mib": mib(hwm_kib),
         "hwm_mib": mib(hwm_kib.max(hwm_end_kib)),
         "steady_mib": mib(steady_kib),
         "after_rounds_mib": mib(after_kib),
@@ -1272,7 +1283,10 @@ fn print_report(args: &Args, v: &Value) {
     println!();
     println!("| start (from spawning serve) | s |");
     println!("|---|---:|");
-    println!("| client connected to xDS | {} |", f("client_connected_s", 2));
+    println!(
+        "| client connected to xDS | {} |",
+        f("client_connected_s", 2)
+    );
     println!(
         "| serve's first complete list (its own log, from the source's start) | {} |",
         v["first_complete_list_ms"]
@@ -1299,9 +1313,10 @@ fn print_report(args: &Args, v: &Value) {
     );
     println!();
     println!(
-        "memory (serve RSS): peak {} MiB (VmHWM; sampled every 100 ms: {} MiB), steady {} MiB (synced, idle, one client), {} MiB after the rounds; idle CPU {} cores",
-        f("hwm_mib", 0),
+        "memory (serve RSS): peak {} MiB until synced (VmHWM; sampled every 100 ms: {} MiB), {} MiB over the whole run (the endpoint changes included); steady {} MiB (synced, idle, one client), {} MiB after the rounds; idle CPU {} cores",
+        f("hwm_start_mib", 0),
         f("peak_sampled_mib", 0),
+        f("hwm_mib", 0),
         f("steady_mib", 0),
         f("after_rounds_mib", 0),
         f("idle_cpu_cores", 2),
@@ -1347,7 +1362,12 @@ fn print_report(args: &Args, v: &Value) {
         "stand-in: {rejections} request(s) refused or flagged; load average after: {}",
         v["load_average_after"].as_str().unwrap_or("?")
     );
-    for r in v["standin_rejections"].as_array().into_iter().flatten().take(10) {
+    for r in v["standin_rejections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(10)
+    {
         println!("  {}", r.as_str().unwrap_or("?"));
     }
 }
@@ -1401,8 +1421,13 @@ fn main() {
                     Err(e) => eprintln!("kube_load: cannot write {}: {e}", path.display()),
                 }
             }
-            if v["standin_rejections"].as_array().is_some_and(|r| !r.is_empty()) {
-                eprintln!("kube_load: the stand-in refused requests a real API server would refuse");
+            if v["standin_rejections"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+            {
+                eprintln!(
+                    "kube_load: the stand-in refused requests a real API server would refuse"
+                );
                 std::process::exit(1);
             }
         }
