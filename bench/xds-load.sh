@@ -6,6 +6,9 @@
 #   CLIENTS=2000 bench/xds-load.sh    # other sizes
 #   DEBOUNCE=10ms bench/xds-load.sh   # serve's --debounce (default: serve's own default, 20ms)
 #   ONLY=envoy bench/xds-load.sh      # only run 4 (the real Envoy); ONLY=load: only runs 1-3
+#   PORTS=100 ONLY=load bench/xds-load.sh   # services over 100 ports (100 route configurations):
+#                                     # a one-VirtualService change is then ~0.5% of a full push,
+#                                     # which isolates the server's own per-client overhead
 #
 # Standard set, each run a fresh server:
 #   1. delta, $CLIENTS clients (default 1,000), 3 changes of one VirtualService
@@ -17,7 +20,8 @@
 #      on the same mesh and on a mesh of $SMALL_SERVICES services (default 10; 0 skips it)
 #      (skipped, and said, if no Envoy: set ENVOY_BIN or run scripts/test.sh once)
 #
-# Environment: ONLY (envoy|load), CLIENTS, BIG_CLIENTS (0 skips run 3), SERVICES (1000), PER_CONN
+# Environment: ONLY (envoy|load), CLIENTS, BIG_CLIENTS (0 skips run 3), SERVICES (1000), PORTS
+# (1, simulated clients only), PER_CONN
 # (ADS streams per HTTP/2 connection, 100), DEBOUNCE, ROUNDS (5), CHANGES (3), MIN_FREE_MB
 # (4000), MAX_RSS_MB (8000), ENVOY_BIN,
 # REPORT (JSON lines file; default target/xds-load/results-<time>.jsonl).
@@ -33,6 +37,7 @@ cd "$ROOT"
 CLIENTS="${CLIENTS:-1000}"
 BIG_CLIENTS="${BIG_CLIENTS:-10000}"
 SERVICES="${SERVICES:-1000}"
+PORTS="${PORTS:-1}"
 SMALL_SERVICES="${SMALL_SERVICES:-10}"
 PER_CONN="${PER_CONN:-100}"
 DEBOUNCE="${DEBOUNCE:-20ms}"
@@ -80,12 +85,12 @@ echo "results: $REPORT" >&2
 common=(--bin "$BIN" --services "$SERVICES" --debounce "$DEBOUNCE" --report "$REPORT")
 if [[ "$ONLY" != envoy ]]; then
     "$BENCH" load --mode delta --clients "$CLIENTS" --per-conn "$PER_CONN" --changes "$CHANGES" \
-        --min-free-mb "$MIN_FREE_MB" --max-rss-mb "$MAX_RSS_MB" "${common[@]}" >/dev/null
+        --ports "$PORTS" --min-free-mb "$MIN_FREE_MB" --max-rss-mb "$MAX_RSS_MB" "${common[@]}" >/dev/null
     "$BENCH" load --mode sotw --clients "$CLIENTS" --per-conn "$PER_CONN" --changes "$CHANGES" \
-        --min-free-mb "$MIN_FREE_MB" --max-rss-mb "$MAX_RSS_MB" "${common[@]}" >/dev/null
+        --ports "$PORTS" --min-free-mb "$MIN_FREE_MB" --max-rss-mb "$MAX_RSS_MB" "${common[@]}" >/dev/null
     if [[ "$BIG_CLIENTS" -gt 0 ]]; then
         "$BENCH" load --mode delta --clients "$BIG_CLIENTS" --per-conn "$PER_CONN" --changes "$CHANGES" \
-            --min-free-mb "$MIN_FREE_MB" --max-rss-mb "$MAX_RSS_MB" "${common[@]}" >/dev/null
+            --ports "$PORTS" --min-free-mb "$MIN_FREE_MB" --max-rss-mb "$MAX_RSS_MB" "${common[@]}" >/dev/null
     fi
 fi
 

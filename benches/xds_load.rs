@@ -52,7 +52,9 @@
 //! its VirtualService sends everything to v1. Each round rewrites it to send everything to the
 //! other subset, and polls Envoy (a new request 2 ms after each answer) until the answer comes
 //! from the new subset: file write → first answer from the new route. Median over `--rounds`
-//! (default 5); non-200 answers during the switches are counted.
+//! (default 5); non-200 answers during the switches are counted. `--vhds` (delta only) gives
+//! Envoy node metadata `VHDS: "true"`: the change is then one VirtualHost, not the whole route
+//! configuration.
 //!
 //! ```sh
 //! cargo bench --bench xds_load -- load --mode delta --clients 1000 --bin target/release/shadowplane
@@ -148,6 +150,8 @@ struct Args {
     debounce: String,
     bin: PathBuf,
     envoy_bin: Option<PathBuf>,
+    /// Envoy scenario: node metadata `VHDS: "true"` (virtual hosts over VHDS; delta only).
+    vhds: bool,
     report: Option<PathBuf>,
     keep: bool,
     min_free_mb: u64,
@@ -160,7 +164,7 @@ usage: xds_load load  [--mode delta|sotw] [--clients N] [--services N] [--ports 
                       [--changes N] [--debounce D] [--min-free-mb MB] [--max-rss-mb MB]
                       [--sync-timeout SECS]
                       [--bin PATH] [--report FILE] [--keep]
-       xds_load envoy [--mode delta|sotw] [--services N] [--rounds N] [--debounce D]
+       xds_load envoy [--mode delta|sotw] [--vhds] [--services N] [--rounds N] [--debounce D]
                       [--envoy-bin PATH] [--bin PATH] [--report FILE] [--keep]
        xds_load render FILE...";
 
@@ -183,6 +187,7 @@ fn parse_args() -> Args {
         debounce: "20ms".to_string(), // serve's default
         bin: PathBuf::from("target/release/shadowplane"),
         envoy_bin: None,
+        vhds: false,
         report: None,
         keep: false,
         min_free_mb: 4_000,
@@ -236,6 +241,7 @@ fn parse_args() -> Args {
                     .map(PathBuf::from)
                     .unwrap_or_else(|| usage("--bin needs a path"))
             }
+            "--vhds" => args.vhds = true,
             "--envoy-bin" => {
                 args.envoy_bin = Some(
                     it.next()
@@ -672,7 +678,9 @@ impl Server {
         let (xds, admin) = loop {
             proc.check_alive()?;
             let text = proc.log_text();
-            if let Some(line) = text.lines().find(|l| l.contains("serving xDS on ")) {
+            // Only whole lines: the log may be read while serve is writing it.
+            let complete = &text[..text.rfind('\n').unwrap_or(0)];
+            if let Some(line) = complete.lines().find(|l| l.contains("serving xDS on ")) {
                 let word = |prefix: &str| {
                     line.split(prefix)
                         .nth(1)
@@ -1675,15 +1683,20 @@ fn envoy_bin(args: &Args) -> Result<PathBuf, String> {
     })
 }
 
-fn envoy_bootstrap(mode: Mode, xds_port: u16) -> String {
+fn envoy_bootstrap(mode: Mode, xds_port: u16, vhds: bool) -> String {
     let api = match mode {
         Mode::Delta => "DELTA_GRPC",
         Mode::Sotw => "GRPC",
     };
+    let metadata = if vhds {
+        "\n  metadata: { VHDS: \"true\" }"
+    } else {
+        ""
+    };
     format!(
         "node:
   id: xds-load-envoy
-  cluster: xds-load
+  cluster: xds-load{metadata}
 admin:
   address:
     socket_address: {{ address: 127.0.0.1, port_value: 0 }}
@@ -1751,6 +1764,9 @@ async fn backend(name: &'static str) -> Result<u16, String> {
 }
 
 async fn envoy(args: &Args) -> Result<Value, String> {
+    if args.vhds && !matches!(args.mode, Mode::Delta) {
+        return Err("--vhds needs --mode delta: Envoy takes VHDS over delta xDS only".to_string());
+    }
     let bin = envoy_bin(args)?;
     let dir = work_dir(args, "xds-load-envoy-")?;
     let mesh = dir.path().join("mesh");
@@ -1775,8 +1791,11 @@ async fn envoy(args: &Args) -> Result<Value, String> {
     )
     .await?;
     let bootstrap = dir.path().join("envoy.yaml");
-    std::fs::write(&bootstrap, envoy_bootstrap(args.mode, server.xds.port()))
-        .map_err(|e| format!("write bootstrap: {e}"))?;
+    std::fs::write(
+        &bootstrap,
+        envoy_bootstrap(args.mode, server.xds.port(), args.vhds),
+    )
+    .map_err(|e| format!("write bootstrap: {e}"))?;
     let mut cmd = Command::new(&bin);
     cmd.arg("-c")
         .arg(&bootstrap)
@@ -1862,7 +1881,7 @@ async fn envoy(args: &Args) -> Result<Value, String> {
     finish(args, dir);
     Ok(json!({
         "scenario": "envoy",
-        "mode": args.mode.name(),
+        "mode": if args.vhds { format!("{} + VHDS", args.mode.name()) } else { args.mode.name().to_string() },
         "services": args.services,
         "debounce": args.debounce,
         "rounds_ms": rounds_ms,

@@ -6,8 +6,10 @@
 //! ~2 MB) and of the biggest request it sent (an EDS subscription to 4,000 names, ~200 KB),
 //! long after they were written or read. Here:
 //!
-//! * responses: each message is encoded into an allocation of exactly its size (5-byte gRPC
-//!   header + protobuf), handed to HTTP/2 as `Bytes` and freed once written;
+//! * responses: each message is written as a few `Bytes` chunks, its small fields copied into
+//!   buffers of their own and its big resources shared with the snapshot (a route
+//!   configuration sent to a thousand streams is not copied a thousand times), handed to
+//!   HTTP/2 and freed once written;
 //! * requests: [`Inbound`] buffers the request body until a whole message is there, decodes
 //!   it, and drops a grown buffer once it is empty.
 //!
@@ -16,6 +18,7 @@
 
 use std::convert::Infallible;
 
+use futures::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use prost::bytes::{Buf, Bytes, BytesMut};
@@ -24,6 +27,8 @@ use tokio::sync::mpsc;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::{Code, Status};
+
+use super::wire::{ChunkedMessage, Chunks};
 
 /// Length of the gRPC message header: compressed flag (1) + length (4, big endian).
 const HEADER: usize = 5;
@@ -112,14 +117,15 @@ impl<R: Message + Default> Inbound<R> {
     }
 }
 
-/// One message as a gRPC data frame, in an allocation of exactly its size.
-fn data_frame<M: Message>(message: &M) -> Bytes {
-    let len = message.encoded_len();
-    let mut buf = Vec::with_capacity(HEADER + len);
-    buf.push(0);
-    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-    message.encode_raw(&mut buf);
-    Bytes::from(buf)
+/// One message as gRPC data: the 5-byte header and the message, as chunks that share the
+/// snapshot's big resources instead of copying them ([`Chunks`]).
+fn data_chunks<M: ChunkedMessage>(message: &M) -> Vec<Bytes> {
+    let len = u32::try_from(message.encoded_len()).unwrap_or(u32::MAX);
+    let mut header = [0u8; HEADER];
+    header[1..].copy_from_slice(&len.to_be_bytes());
+    let mut chunks = Chunks::with_prefix(&header);
+    message.encode_chunks(&mut chunks);
+    chunks.finish()
 }
 
 fn trailers(status: &Status) -> http::HeaderMap {
@@ -133,18 +139,23 @@ fn trailers(status: &Status) -> http::HeaderMap {
 
 /// The HTTP response of a streaming call: the messages the stream's task sends on `rx`, then
 /// `grpc-status` trailers (the task's error, or OK when it ends).
-pub(crate) fn response<M: Message + Send + 'static>(
+pub(crate) fn response<M: ChunkedMessage + Send + 'static>(
     rx: mpsc::Receiver<Result<M, Status>>,
 ) -> http::Response<Body> {
     let frames = futures::stream::unfold(Some(rx), |rx| async move {
         let mut rx = rx?;
-        let frame = match rx.recv().await {
-            Some(Ok(message)) => return Some((Ok(Frame::data(data_frame(&message))), Some(rx))),
-            Some(Err(status)) => Frame::trailers(trailers(&status)),
-            None => Frame::trailers(trailers(&Status::new(Code::Ok, ""))),
+        let frames = match rx.recv().await {
+            Some(Ok(message)) => {
+                let data = data_chunks(&message).into_iter().map(Frame::data);
+                return Some((futures::stream::iter(data.collect::<Vec<_>>()), Some(rx)));
+            }
+            Some(Err(status)) => vec![Frame::trailers(trailers(&status))],
+            None => vec![Frame::trailers(trailers(&Status::new(Code::Ok, "")))],
         };
-        Some((Ok::<_, Infallible>(frame), None))
-    });
+        Some((futures::stream::iter(frames), None))
+    })
+    .flatten()
+    .map(Ok::<_, Infallible>);
     let mut response = http::Response::new(Body::new(StreamBody::new(frames)));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
