@@ -104,7 +104,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminView};
 use crate::config_source::{ConfigLoad, Debounce, KubeSourceConfig, SourceError, Sources};
 use crate::metrics::{Metrics, ReloadResult};
-use crate::xds::resource::{self, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use crate::xds::resource::{self, CLUSTER, ENDPOINT, LISTENER, ROUTE, VIRTUAL_HOST};
 use crate::xds::{ProxyRegistry, Snapshot, SnapshotCache, StreamInfo, DEFAULT_GROUP};
 
 /// Default `--xds-listen`.
@@ -1102,19 +1102,21 @@ fn phases(current: &Snapshot, target: &Arc<Snapshot>) -> VecDeque<(&'static str,
             .collect::<BTreeSet<_>>()
     };
     let (old, new) = (names(current), names(target));
+    // With VHDS (node metadata `VHDS`), a route change is a VirtualHost change.
     let routing_changes = current.version(LISTENER) != target.version(LISTENER)
-        || current.version(ROUTE) != target.version(ROUTE);
+        || current.version(ROUTE) != target.version(ROUTE)
+        || current.version(VIRTUAL_HOST) != target.version(VIRTUAL_HOST);
     let adds = new.difference(&old).next().is_some();
     let removes = old.difference(&new).next().is_some();
     if routing_changes && adds {
         // Phase 1: old and new clusters and endpoints, old listeners and routes.
-        if let Some(s) = mixed(current, target, &[LISTENER, ROUTE], current) {
+        if let Some(s) = mixed(current, target, &[LISTENER, ROUTE, VIRTUAL_HOST], current) {
             out.push_back(("clusters added", Arc::new(s)));
         }
     }
     if routing_changes && removes {
         // Phase 2: old and new clusters and endpoints, new listeners and routes.
-        if let Some(s) = mixed(current, target, &[LISTENER, ROUTE], target) {
+        if let Some(s) = mixed(current, target, &[LISTENER, ROUTE, VIRTUAL_HOST], target) {
             out.push_back(("routes switched", Arc::new(s)));
         }
     }
@@ -1751,6 +1753,43 @@ mod tests {
         assert_eq!(names(two, CLUSTER), ["a", "b"]);
         assert_eq!(two.get(ROUTE, "80"), target.get(ROUTE, "80"));
         assert_eq!(*phases[2].1, *target);
+    }
+
+    #[test]
+    fn retargeting_a_vhds_virtual_host_adds_clusters_first_and_removes_them_last() {
+        let vhost = |name: &str, body: &str| {
+            crate::xds::EncodedResource::new(VIRTUAL_HOST, name, body.as_bytes().to_vec())
+        };
+        // The route configuration (vhds, no vhosts) is unchanged; only the vhost moves.
+        let current = Snapshot::new([
+            cluster("a", "a"),
+            route("80", "vhds"),
+            vhost("80/h:80", "to a"),
+        ])
+        .expect("snapshot");
+        let target = Arc::new(
+            Snapshot::new([
+                cluster("b", "b"),
+                route("80", "vhds"),
+                vhost("80/h:80", "to b"),
+            ])
+            .expect("snapshot"),
+        );
+        let phases = phases(&current, &target);
+        let labels: Vec<&str> = phases.iter().map(|(l, _)| *l).collect();
+        assert_eq!(labels, ["clusters added", "routes switched", "final"]);
+        let (_, one) = &phases[0];
+        assert_eq!(names(one, CLUSTER), ["a", "b"]);
+        assert_eq!(
+            one.get(VIRTUAL_HOST, "80/h:80"),
+            current.get(VIRTUAL_HOST, "80/h:80")
+        );
+        let (_, two) = &phases[1];
+        assert_eq!(names(two, CLUSTER), ["a", "b"]);
+        assert_eq!(
+            two.get(VIRTUAL_HOST, "80/h:80"),
+            target.get(VIRTUAL_HOST, "80/h:80")
+        );
     }
 
     #[test]
