@@ -9,6 +9,10 @@
 #   PORTS=100 ONLY=load bench/xds-load.sh   # services over 100 ports (100 route configurations):
 #                                     # a one-VirtualService change is then ~0.5% of a full push,
 #                                     # which isolates the server's own per-client overhead
+#   VHDS=1 ONLY=load bench/xds-load.sh    # the delta clients (runs 1 and 3) and the real Envoy
+#                                     # send node metadata VHDS="true" and subscribe to
+#                                     # VirtualHost after RDS: a one-VirtualService change is
+#                                     # then one VirtualHost resource (run 2, SotW, is unchanged)
 #
 # Standard set, each run a fresh server:
 #   1. delta, $CLIENTS clients (default 1,000), 3 changes of one VirtualService
@@ -20,7 +24,7 @@
 #      on the same mesh and on a mesh of $SMALL_SERVICES services (default 10; 0 skips it)
 #      (skipped, and said, if no Envoy: set ENVOY_BIN or run scripts/test.sh once)
 #
-# Environment: ONLY (envoy|load), CLIENTS, BIG_CLIENTS (0 skips run 3), SERVICES (1000), PORTS
+# Environment: ONLY (envoy|load), VHDS (1: delta clients and Envoy on VHDS), CLIENTS, BIG_CLIENTS (0 skips run 3), SERVICES (1000), PORTS
 # (1, simulated clients only), PER_CONN
 # (ADS streams per HTTP/2 connection, 100), DEBOUNCE, ROUNDS (5), CHANGES (3), MIN_FREE_MB
 # (4000), MAX_RSS_MB (8000), ENVOY_BIN,
@@ -42,6 +46,12 @@ SMALL_SERVICES="${SMALL_SERVICES:-10}"
 PER_CONN="${PER_CONN:-100}"
 DEBOUNCE="${DEBOUNCE:-20ms}"
 ONLY="${ONLY:-}"
+VHDS="${VHDS:-}"
+case "$VHDS" in
+    ""|0) vhds=() ;;
+    1) vhds=(--vhds) ;;
+    *) echo "VHDS must be 1 or 0, not $VHDS" >&2; exit 2 ;;
+esac
 case "$ONLY" in
     ""|envoy|load) ;;
     *) echo "ONLY must be envoy or load, not $ONLY" >&2; exit 2 ;;
@@ -84,12 +94,12 @@ echo "results: $REPORT" >&2
 
 common=(--bin "$BIN" --services "$SERVICES" --debounce "$DEBOUNCE" --report "$REPORT")
 if [[ "$ONLY" != envoy ]]; then
-    "$BENCH" load --mode delta --clients "$CLIENTS" --per-conn "$PER_CONN" --changes "$CHANGES" \
+    "$BENCH" load --mode delta ${vhds[@]+"${vhds[@]}"} --clients "$CLIENTS" --per-conn "$PER_CONN" --changes "$CHANGES" \
         --ports "$PORTS" --min-free-mb "$MIN_FREE_MB" --max-rss-mb "$MAX_RSS_MB" "${common[@]}" >/dev/null
     "$BENCH" load --mode sotw --clients "$CLIENTS" --per-conn "$PER_CONN" --changes "$CHANGES" \
         --ports "$PORTS" --min-free-mb "$MIN_FREE_MB" --max-rss-mb "$MAX_RSS_MB" "${common[@]}" >/dev/null
     if [[ "$BIG_CLIENTS" -gt 0 ]]; then
-        "$BENCH" load --mode delta --clients "$BIG_CLIENTS" --per-conn "$PER_CONN" --changes "$CHANGES" \
+        "$BENCH" load --mode delta ${vhds[@]+"${vhds[@]}"} --clients "$BIG_CLIENTS" --per-conn "$PER_CONN" --changes "$CHANGES" \
             --ports "$PORTS" --min-free-mb "$MIN_FREE_MB" --max-rss-mb "$MAX_RSS_MB" "${common[@]}" >/dev/null
     fi
 fi
@@ -104,10 +114,10 @@ fi
 if [[ "$ONLY" == load ]]; then
     :
 elif [[ -n "$envoy_bin" ]]; then
-    "$BENCH" envoy --mode delta --rounds "$ROUNDS" --envoy-bin "$envoy_bin" "${common[@]}" >/dev/null
+    "$BENCH" envoy --mode delta ${vhds[@]+"${vhds[@]}"} --rounds "$ROUNDS" --envoy-bin "$envoy_bin" "${common[@]}" >/dev/null
     if [[ "$SMALL_SERVICES" -gt 0 ]]; then
         # The same with a small mesh: what does not depend on the config's size.
-        "$BENCH" envoy --mode delta --rounds "$ROUNDS" --envoy-bin "$envoy_bin" --bin "$BIN" \
+        "$BENCH" envoy --mode delta ${vhds[@]+"${vhds[@]}"} --rounds "$ROUNDS" --envoy-bin "$envoy_bin" --bin "$BIN" \
             --services "$SMALL_SERVICES" --debounce "$DEBOUNCE" --report "$REPORT" >/dev/null
     fi
 else

@@ -25,6 +25,14 @@
 //! the cluster and listener responses, which are decoded once per distinct version (shared by
 //! all clients) to learn the EDS and RDS names.
 //!
+//! With `--vhds` (delta only) every client sends node metadata `VHDS: "true"` and, after its
+//! first RDS response, subscribes to `VirtualHost` as Envoy does (one request naming nothing:
+//! every virtual host of its route configurations); the server then serves the route
+//! configurations without virtual hosts, and each virtual host as a `VirtualHost` resource.
+//! "Synced" and "ACKed a change" then include the VirtualHost version, and the bytes include
+//! the VirtualHost responses (the full SotW push it is compared with is still the probe's,
+//! without VHDS).
+//!
 //! At most `--ramp` clients (default 100) are in their initial sync at a time. The ramp stops
 //! early, and the figures are for the clients that did connect (the run says so), when the
 //! machine's `MemAvailable` falls below `--min-free-mb` (default 4,000) or the server's RSS
@@ -58,6 +66,7 @@
 //!
 //! ```sh
 //! cargo bench --bench xds_load -- load --mode delta --clients 1000 --bin target/release/shadowplane
+//! cargo bench --bench xds_load -- load --mode delta --vhds --clients 1000 --bin target/release/shadowplane
 //! cargo bench --bench xds_load -- envoy --rounds 5 --bin target/release/shadowplane
 //! cargo bench --bench xds_load -- render results.jsonl      # the tables of --report files
 //! ```
@@ -99,9 +108,13 @@ const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-/// Index order used everywhere: CDS, EDS, LDS, RDS.
-const TYPES: [&str; 4] = [CDS, EDS, LDS, RDS];
-const SHORT: [&str; 4] = ["CDS", "EDS", "LDS", "RDS"];
+const VHDS: &str = "type.googleapis.com/envoy.config.route.v3.VirtualHost";
+/// Index order used everywhere: CDS, EDS, LDS, RDS, VHDS (VHDS only for `--vhds` delta clients;
+/// its expected version is "" otherwise, which is what a client that never got one holds).
+const TYPES: [&str; 5] = [CDS, EDS, LDS, RDS, VHDS];
+const SHORT: [&str; 5] = ["CDS", "EDS", "LDS", "RDS", "VHDS"];
+/// The types of the initial sync without VHDS (a SotW client, a delta client without `--vhds`).
+const BASE_TYPES: usize = 4;
 
 const SOTW_ADS: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
@@ -150,7 +163,8 @@ struct Args {
     debounce: String,
     bin: PathBuf,
     envoy_bin: Option<PathBuf>,
-    /// Envoy scenario: node metadata `VHDS: "true"` (virtual hosts over VHDS; delta only).
+    /// Node metadata `VHDS: "true"` (virtual hosts over VHDS; delta only): the Envoy's, or
+    /// every simulated client's, which then also subscribes to VirtualHost after RDS.
     vhds: bool,
     report: Option<PathBuf>,
     keep: bool,
@@ -160,7 +174,7 @@ struct Args {
 }
 
 const USAGE: &str = "\
-usage: xds_load load  [--mode delta|sotw] [--clients N] [--services N] [--ports N] [--per-conn N] [--ramp N]
+usage: xds_load load  [--mode delta|sotw] [--vhds] [--clients N] [--services N] [--ports N] [--per-conn N] [--ramp N]
                       [--changes N] [--debounce D] [--min-free-mb MB] [--max-rss-mb MB]
                       [--sync-timeout SECS]
                       [--bin PATH] [--report FILE] [--keep]
@@ -449,9 +463,10 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot replace {}: {e}", path.display()))
 }
 
-/// Per type (CDS, EDS, LDS, RDS), the version the server serves for this config: the same
-/// files, translator and snapshot code as `serve` with its default options.
-fn expected_versions(files: &[SourceFile], options: &Options) -> Result<[String; 4], String> {
+/// Per type (CDS, EDS, LDS, RDS, VHDS), the version the server serves for this config: the same
+/// files, translator and snapshot code as `serve` with these options (`options.vhds`: what a
+/// proxy with node metadata `VHDS: "true"` gets; otherwise VHDS is "", never served).
+fn expected_versions(files: &[SourceFile], options: &Options) -> Result<[String; 5], String> {
     let translation = shadowplane_translator::translate_files(files, options);
     if translation.has_errors() {
         let first: Vec<String> = translation
@@ -468,7 +483,13 @@ fn expected_versions(files: &[SourceFile], options: &Options) -> Result<[String;
     }
     let snapshot = shadowplane::xds::Snapshot::from_resources(&translation.resources)
         .map_err(|e| format!("snapshot of the generated mesh: {e}"))?;
-    Ok(TYPES.map(|t| snapshot.version(t).to_string()))
+    Ok(TYPES.map(|t| {
+        if t == VHDS && !options.vhds {
+            String::new()
+        } else {
+            snapshot.version(t).to_string()
+        }
+    }))
 }
 
 /// The files as the server reads them, with `CHANGED_VS` replaced by `text`.
@@ -959,6 +980,8 @@ type NamesByState = BTreeMap<(usize, String), Arc<Vec<String>>>;
 /// What every client task shares.
 struct Shared {
     mode: Mode,
+    /// Delta clients: node metadata `VHDS: "true"`, and a VirtualHost subscription after RDS.
+    vhds: bool,
     events: mpsc::UnboundedSender<Event>,
     /// (type index, version of a full CDS/LDS state) → the EDS/RDS names it implies: decoded
     /// once, shared by every client.
@@ -993,11 +1016,22 @@ impl Shared {
     }
 }
 
-fn node(client: u32) -> Node {
+fn node(client: u32, vhds: bool) -> Node {
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
+    let metadata = vhds.then(|| Struct {
+        fields: [(
+            "VHDS".to_string(),
+            PbValue {
+                kind: Some(Kind::StringValue("true".into())),
+            },
+        )]
+        .into(),
+    });
     Node {
         id: format!("xds-load-{client}"),
         cluster: "xds-load".into(),
         user_agent_name: "xds_load".into(),
+        metadata,
         ..Default::default()
     }
 }
@@ -1033,7 +1067,7 @@ async fn delta_client(
     let send =
         |r: DeltaDiscoveryRequest| tx.send(r).map_err(|_| "request stream closed".to_string());
     send(DeltaDiscoveryRequest {
-        node: Some(node(id)),
+        node: Some(node(id, shared.vhds)),
         type_url: CDS.into(),
         ..Default::default()
     })?;
@@ -1041,7 +1075,9 @@ async fn delta_client(
     // Index 0: EDS names (from clusters), 1: RDS names (from listeners).
     let mut subscribed: [Option<Arc<Vec<String>>>; 2] = [None, None];
     let mut lds_requested = false;
-    let mut synced = [false; 4];
+    let mut vhds_requested = false;
+    let mut synced = [false; 5];
+    let types = if shared.vhds { 5 } else { BASE_TYPES };
     while let Some(bytes) = inbound
         .message()
         .await
@@ -1116,7 +1152,16 @@ async fn delta_client(
                 ..Default::default()
             })?;
         }
-        if permit.is_some() && synced.iter().all(|s| *s) {
+        if ty == 3 && shared.vhds && !vhds_requested {
+            // As Envoy does: one VirtualHost subscription naming nothing, i.e. every virtual
+            // host of the route configurations on this stream.
+            vhds_requested = true;
+            send(DeltaDiscoveryRequest {
+                type_url: VHDS.into(),
+                ..Default::default()
+            })?;
+        }
+        if permit.is_some() && synced[..types].iter().all(|s| *s) {
             permit = None;
         }
     }
@@ -1133,16 +1178,16 @@ async fn sotw_client(
     let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
     let send = |r: DiscoveryRequest| tx.send(r).map_err(|_| "request stream closed".to_string());
     send(DiscoveryRequest {
-        node: Some(node(id)),
+        node: Some(node(id, false)),
         type_url: CDS.into(),
         ..Default::default()
     })?;
     let mut inbound = open_stream(channel, SOTW_ADS, rx).await?;
     // Per type: the names subscribed (EDS, RDS) and the last (version, nonce) ACKed.
-    let mut names: [Arc<Vec<String>>; 4] = Default::default();
-    let mut last: [(String, String); 4] = Default::default();
+    let mut names: [Arc<Vec<String>>; 5] = Default::default();
+    let mut last: [(String, String); 5] = Default::default();
     let mut lds_requested = false;
-    let mut synced = [false; 4];
+    let mut synced = [false; 5];
     while let Some(bytes) = inbound
         .message()
         .await
@@ -1190,7 +1235,7 @@ async fn sotw_client(
                 ..Default::default()
             })?;
         }
-        if permit.is_some() && synced.iter().all(|s| *s) {
+        if permit.is_some() && synced[..BASE_TYPES].iter().all(|s| *s) {
             permit = None;
         }
     }
@@ -1230,9 +1275,9 @@ async fn connect(addr: SocketAddr) -> Result<Channel, String> {
 
 /// Per client, the version of each type it has ACKed, and when it reached the target.
 struct Tracker {
-    acked: Vec<[String; 4]>,
+    acked: Vec<[String; 5]>,
     done_at: Vec<Option<Instant>>,
-    target: [String; 4],
+    target: [String; 5],
     reached: usize,
     skipped: usize,
     failures: Vec<(u32, String)>,
@@ -1243,7 +1288,7 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn new(clients: usize, target: [String; 4]) -> Tracker {
+    fn new(clients: usize, target: [String; 5]) -> Tracker {
         Tracker {
             acked: vec![Default::default(); clients],
             done_at: vec![None; clients],
@@ -1287,7 +1332,7 @@ impl Tracker {
     }
 
     /// A new target (a change at `start`): clients already there count as done at `start`.
-    fn retarget(&mut self, target: [String; 4], start: Instant) {
+    fn retarget(&mut self, target: [String; 5], start: Instant) {
         self.target = target;
         self.reached = 0;
         self.bytes = 0;
@@ -1312,7 +1357,7 @@ impl Tracker {
             if done.is_some() || state[0].is_empty() && self.skipped > 0 {
                 continue;
             }
-            let diff: Vec<String> = (0..4)
+            let diff: Vec<String> = (0..TYPES.len())
                 .filter(|&t| state[t] != self.target[t])
                 .map(|t| format!("{} has {:?} want {:?}", SHORT[t], state[t], self.target[t]))
                 .collect();
@@ -1353,10 +1398,11 @@ async fn drain_for(tracker: &mut Tracker, rx: &mut mpsc::UnboundedReceiver<Event
 
 /// Measure the full SotW push: one SotW client syncs, the bytes of its first response of
 /// each type are summed; then it disconnects.
-async fn probe_full_push(xds: SocketAddr) -> Result<(u64, [u64; 4]), String> {
+async fn probe_full_push(xds: SocketAddr) -> Result<(u64, [u64; BASE_TYPES]), String> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         mode: Mode::Sotw,
+        vhds: false,
         events: tx,
         names: Mutex::new(BTreeMap::new()),
         ramp: Arc::new(Semaphore::new(1)),
@@ -1364,15 +1410,15 @@ async fn probe_full_push(xds: SocketAddr) -> Result<(u64, [u64; 4]), String> {
     });
     let channel = connect(xds).await?;
     let task = tokio::spawn(run_client(u32::MAX, channel, shared));
-    let mut per_type = [0u64; 4];
-    let mut seen = [false; 4];
+    let mut per_type = [0u64; BASE_TYPES];
+    let mut seen = [false; BASE_TYPES];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !seen.iter().all(|s| *s) {
         let event = tokio::time::timeout_at(deadline, rx.recv())
             .await
             .map_err(|_| "the probe client did not sync within 60 s".to_string())?;
         match event {
-            Some(Event::Acked { ty, bytes, .. }) if !seen[ty] => {
+            Some(Event::Acked { ty, bytes, .. }) if ty < BASE_TYPES && !seen[ty] => {
                 seen[ty] = true;
                 per_type[ty] = bytes as u64;
             }
@@ -1404,6 +1450,9 @@ fn finish(args: &Args, dir: tempfile::TempDir) {
 }
 
 async fn load(args: &Args) -> Result<Value, String> {
+    if args.vhds && !matches!(args.mode, Mode::Delta) {
+        return Err("--vhds needs --mode delta: VHDS is served over delta ADS only".to_string());
+    }
     let dir = work_dir(args, "xds-load-")?;
     let mesh = dir.path().join("mesh");
     std::fs::create_dir(&mesh).map_err(|e| format!("mkdir: {e}"))?;
@@ -1412,7 +1461,10 @@ async fn load(args: &Args) -> Result<Value, String> {
         count: args.ports,
     };
     write_mesh(&mesh, args.services, ports, None, DEFAULT_SPLIT)?;
-    let options = Options::default();
+    let options = Options {
+        vhds: args.vhds,
+        ..Options::default()
+    };
     let initial_text = vs_yaml(0, DEFAULT_SPLIT);
     let initial = expected_versions(&files_with(&mesh, &initial_text)?, &options)?;
 
@@ -1435,6 +1487,7 @@ async fn load(args: &Args) -> Result<Value, String> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         mode: args.mode,
+        vhds: args.vhds,
         events: tx,
         names: Mutex::new(BTreeMap::new()),
         ramp: Arc::new(Semaphore::new(args.ramp)),
@@ -1546,7 +1599,7 @@ async fn load(args: &Args) -> Result<Value, String> {
         };
         let text = vs_yaml(0, split);
         let target = expected_versions(&files_with(&mesh, &text)?, &options)?;
-        let changed: Vec<&str> = (0..4)
+        let changed: Vec<&str> = (0..TYPES.len())
             .filter(|&t| target[t] != tracker.target[t])
             .map(|t| SHORT[t])
             .collect();
@@ -1626,7 +1679,7 @@ async fn load(args: &Args) -> Result<Value, String> {
     finish(args, dir);
     Ok(json!({
         "scenario": "load",
-        "mode": args.mode.name(),
+        "mode": if args.vhds { format!("{} + VHDS", args.mode.name()) } else { args.mode.name().to_string() },
         "services": args.services,
         "ports": args.ports,
         "clients_requested": args.clients,
@@ -1994,10 +2047,9 @@ fn print_targets(loads: &[Value], envoys: &[Value]) {
     let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let mut lines = Vec::new();
-    for v in loads
-        .iter()
-        .filter(|v| v["mode"] == "delta" && num(v, "clients") >= 1000.0)
-    {
+    for v in loads.iter().filter(|v| {
+        v["mode"].as_str().is_some_and(|m| m.starts_with("delta")) && num(v, "clients") >= 1000.0
+    }) {
         let max = num(v, "max_ms");
         lines.push(format!(
             "- {} delta clients all ACKed a change in under 1 s: {} (max {max:.0} ms)",
