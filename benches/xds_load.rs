@@ -2052,8 +2052,9 @@ fn print_targets(loads: &[Value], envoys: &[Value]) {
     }) {
         let max = num(v, "max_ms");
         lines.push(format!(
-            "- {} delta clients all ACKed a change in under 1 s: {} (max {max:.0} ms)",
+            "- {} {} clients all ACKed a change in under 1 s: {} (max {max:.0} ms)",
             v["clients"],
+            v["mode"].as_str().unwrap_or("?"),
             verdict(max < 1000.0)
         ));
     }
