@@ -898,7 +898,21 @@ impl App {
         timings.other_groups = others.len();
         // Each view is a whole translation: on as many cores as there are.
         let snapshots = reload::timed(&mut timings.views, || {
-            reload::in_parallel(&others, |(_, view)| self.translate_view(&parsed, view))
+            reload::in_parallel(&others, |(_, view)| {
+                // A VHDS view whose options are the default view's but for `vhds`: derived
+                // from the default translation instead of translating again.
+                let options = view.options(&self.options);
+                let plain = Options {
+                    vhds: false,
+                    ..options.clone()
+                };
+                if options.vhds && plain == self.options {
+                    let resources = reload::derive_vhds(&translation.resources, &options);
+                    self.view_snapshot(view, &resources)
+                } else {
+                    self.translate_view(&parsed, view)
+                }
+            })
         });
         for ((name, view), snapshot) in others.into_iter().zip(snapshots) {
             if let Some(snapshot) = snapshot {
@@ -949,7 +963,17 @@ impl App {
         for d in translation.diagnostics.iter().filter(|d| blocks_serving(d)) {
             tracing::warn!(%group, "{}", one_line(d));
         }
-        match Snapshot::from_resources(&translation.resources) {
+        self.view_snapshot(view, &translation.resources)
+    }
+
+    /// The snapshot of a non-default view's resources.
+    fn view_snapshot(
+        &self,
+        view: &NodeView,
+        resources: &shadowplane_translator::Resources,
+    ) -> Option<Snapshot> {
+        let group = view.group();
+        match Snapshot::from_resources(resources) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!(%group, "cannot build the snapshot for this node view: {e}; the group keeps its previous config");

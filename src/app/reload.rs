@@ -153,6 +153,20 @@ pub(super) fn translate_timed(
     }
 }
 
+/// The resources of the view whose options are `vhds_options` (with `vhds: true`), derived
+/// from `plain`, the resources of the same options without `vhds`: VHDS only adds a `vhds`
+/// block to every route configuration after the build (when routes come over ADS), so this
+/// is what [`translate_timed`] gives for `vhds_options` without translating again (tested).
+pub(super) fn derive_vhds(plain: &Resources, vhds_options: &Options) -> Resources {
+    let mut resources = plain.clone();
+    if vhds_options.vhds
+        && vhds_options.config_source == shadowplane_translator::ConfigSourceKind::Ads
+    {
+        xds::virtual_host::enable_vhds(&mut resources.routes);
+    }
+    resources
+}
+
 /// `f` of every item, in order, on up to as many threads as there are cores (on this thread
 /// alone for one item).
 pub(super) fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
@@ -409,5 +423,63 @@ mod tests {
         let route_only = Snapshot::from_resources(&route_only).expect("snapshot");
         assert_ne!(route_only.version(ROUTE), before_snapshot.version(ROUTE));
         assert!(same_references(&before_snapshot, &route_only));
+    }
+
+    #[test]
+    fn derived_vhds_snapshot_is_the_snapshot_of_a_vhds_translation() {
+        let se2 = SE
+            .replace("name: svc\n", "name: other\n")
+            .replace("svc.ns.svc.cluster.local", "other.ns.svc.cluster.local")
+            .replace("number: 80", "number: 8080")
+            .replace("name: http", "name: http-alt");
+        let vs2 = VS
+            .replace("name: vs\n", "name: vs2\n")
+            .replace("  - svc\n", "  - other\n")
+            .replace("host: svc\n        subset: v1", "host: other");
+        let files = vec![
+            file("se.yaml", SE),
+            file("se2.yaml", &se2),
+            file("a.yaml", DR),
+            file("b.yaml", VS),
+            file("c.yaml", &vs2),
+        ];
+        let parsed = parse::parse_files(&files);
+        let plain_options = Options {
+            config_source: shadowplane_translator::ConfigSourceKind::Ads,
+            ..Options::default()
+        };
+        let vhds_options = Options {
+            vhds: true,
+            ..plain_options.clone()
+        };
+        let plain = translate_timed(&parsed, &plain_options, &mut Timings::default());
+        assert!(
+            !plain
+                .diagnostics
+                .iter()
+                .any(|d| d.severity == diag::Severity::Error),
+            "{:?}",
+            plain.diagnostics
+        );
+        let full = translate_timed(&parsed, &vhds_options, &mut Timings::default());
+        assert!(full.resources.routes.len() >= 2, "several ports");
+        assert!(
+            full.resources
+                .routes
+                .iter()
+                .map(|r| r.virtual_hosts.len())
+                .sum::<usize>()
+                >= 2,
+            "several hosts"
+        );
+        let derived = derive_vhds(&plain.resources, &vhds_options);
+        assert_eq!(derived, full.resources);
+        let derived = Snapshot::from_resources(&derived).expect("snapshot");
+        let full = Snapshot::from_resources(&full.resources).expect("snapshot");
+        assert!(!derived
+            .resources(crate::xds::resource::VIRTUAL_HOST)
+            .is_empty());
+        assert_eq!(derived, full);
+        assert_eq!(derived.versions(), full.versions());
     }
 }
