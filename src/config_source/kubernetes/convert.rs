@@ -438,6 +438,24 @@ fn render(svc: &ServiceInfo, doc: &Value) -> Rendered {
     }
 }
 
+/// The Service's ports, one per port number, in the Service's order. Kubernetes allows one
+/// number twice with different protocols (`kube-dns`: 53/UDP and 53/TCP), while a
+/// ServiceEntry (like istiod's service model, keyed by port number) has one port per number,
+/// and a duplicate is an error that would block the whole reading: the TCP port wins over a
+/// UDP or SCTP one, else the first.
+fn ports_by_number(ports: &[ServicePortInfo]) -> Vec<&ServicePortInfo> {
+    let datagram = |p: &ServicePortInfo| matches!(p.protocol.as_deref(), Some("UDP" | "SCTP"));
+    let mut out: Vec<&ServicePortInfo> = Vec::with_capacity(ports.len());
+    for p in ports {
+        match out.iter().position(|kept| kept.port == p.port) {
+            None => out.push(p),
+            Some(i) if datagram(out[i]) && !datagram(p) => out[i] = p,
+            Some(_) => {}
+        }
+    }
+    out
+}
+
 /// [`service_entry`] before rendering: the document as a JSON value.
 fn service_entry_doc(
     svc: &ServiceInfo,
@@ -449,8 +467,8 @@ fn service_entry_doc(
         return None;
     }
     let host = format!("{}.{}.svc.{}", svc.name, svc.namespace, domain_suffix);
-    let ports: Vec<Value> = svc
-        .ports
+    let service_ports = ports_by_number(&svc.ports);
+    let ports: Vec<Value> = service_ports
         .iter()
         .map(|p| {
             let mut port = Map::new();
@@ -491,8 +509,7 @@ fn service_entry_doc(
                     },
                     None => Labels::new(),
                 };
-                let ports: BTreeMap<&str, i32> = svc
-                    .ports
+                let ports: BTreeMap<&str, i32> = service_ports
                     .iter()
                     .filter_map(|sp| {
                         slice
@@ -937,6 +954,46 @@ spec:
         }
         out.sort();
         out
+    }
+
+    #[test]
+    fn one_port_number_twice_keeps_the_tcp_port_and_translates_without_errors() {
+        // kube-dns in every cluster: 53/UDP and 53/TCP under two names.
+        let dns = service(json!({
+            "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+            "spec": {"ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153},
+            ]}
+        }));
+        let slice = slice(json!({
+            "metadata": {"name": "kube-dns-x", "namespace": "kube-system",
+                         "labels": {"kubernetes.io/service-name": "kube-dns"}},
+            "addressType": "IPv4",
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                {"name": "metrics", "port": 9153, "protocol": "TCP"},
+            ],
+            "endpoints": [{"addresses": ["10.0.0.10"]}],
+        }));
+        let se = service_entry(&dns, &[&slice], &BTreeMap::new(), "cluster.local")
+            .expect("service entry");
+        let spec = spec_of(&se);
+        let names: Vec<&str> = spec["ports"]
+            .as_sequence()
+            .expect("ports")
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(names, ["dns-tcp", "metrics"]);
+        let t = translate_files(std::slice::from_ref(&se.file), &Options::default());
+        assert!(!t.has_errors(), "{:?}", t.diagnostics);
+        assert_eq!(
+            endpoints_of(&t, "outbound|53||kube-dns.kube-system.svc.cluster.local"),
+            ["10.0.0.10:53"]
+        );
     }
 
     #[test]
