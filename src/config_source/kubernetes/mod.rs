@@ -260,7 +260,10 @@ async fn reading_loop(
         }
         let rendered = {
             let store = watch::lock(&store);
-            if !store.ready() {
+            // Only the first reading waits for every watcher's first list. A kind discovered
+            // later (Istio's CRDs installed after start) contributes nothing until its list is
+            // complete, and must not hold back every other change meanwhile.
+            if !store.ready() && tx.borrow().generation == 0 {
                 continue;
             }
             files_of(&store, &mut cache, &domain_suffix)
