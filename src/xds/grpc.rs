@@ -109,8 +109,10 @@ impl<R: Message + Default> Inbound<R> {
         frame.advance(HEADER);
         let message = R::decode(frame.freeze())
             .map_err(|e| Status::internal(format!("cannot decode the request: {e}")))?;
-        if self.buf.capacity() > KEEP_BUFFER {
-            // Let go of the allocation that held a big request.
+        if HEADER + len > KEEP_BUFFER || self.buf.capacity() > KEEP_BUFFER {
+            // Let go of the allocation that held a big request. After `split_to` the rest
+            // still shares it (its `capacity` is only what is left past the frame), so the
+            // frame's size decides, not the capacity.
             self.buf = BytesMut::from(&self.buf[..]);
         }
         Ok(Some(message))
