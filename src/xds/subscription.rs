@@ -124,11 +124,13 @@ impl Subscription {
         } else {
             self.legacy = false;
             self.wildcard = requested.iter().any(|n| n == WILDCARD);
-            let same = requested.iter().filter(|n| *n != WILDCARD).count() == before.len()
-                && requested
-                    .iter()
-                    .filter(|n| *n != WILDCARD)
-                    .all(|n| before.contains(n));
+            // Compared as sets: a request may repeat a name (`[a, a]` is not `{a, b}`).
+            let asked: BTreeSet<&str> = requested
+                .iter()
+                .map(String::as_str)
+                .filter(|n| *n != WILDCARD)
+                .collect();
+            let same = asked.len() == before.len() && asked.iter().all(|n| before.contains(*n));
             if same {
                 // An ACK repeats the list: keep the shared set.
                 self.names = before;
@@ -209,6 +211,14 @@ mod tests {
         assert!(!s.is_wildcard() && s.covers("A") && !s.covers("B"));
         s.apply_sotw(&[], true);
         assert!(!s.is_wildcard() && !s.covers("A"));
+    }
+
+    #[test]
+    fn sotw_a_repeated_name_is_not_the_same_list() {
+        let mut s = Subscription::default();
+        s.apply_sotw(&v(&["a", "b"]), true);
+        s.apply_sotw(&v(&["a", "a"]), true);
+        assert!(s.covers("a") && !s.covers("b"), "b was dropped by [a, a]");
     }
 
     #[test]
