@@ -575,7 +575,7 @@ fn name_of(svc: &Service) -> String {
     svc.metadata.name.clone().unwrap_or_default()
 }
 
-/// Read watcher events until `pred` holds on one (skipping the others), bounded.
+/// Read watcher events until `pred` holds on one (earlier events are passed over), bounded.
 async fn until<K, S>(
     stream: &mut S,
     what: &str,

@@ -869,46 +869,11 @@ async fn retargeting_a_route_pushes_the_new_cluster_first_and_removes_the_old_on
 // ===== a real Envoy =====
 
 fn envoy_bootstrap(xds: SocketAddr, api_type: &str) -> String {
-    format!(
-        "\
-node:
-  id: envoy-{api}
-  cluster: test
-  metadata:
-    NAMESPACE: demo
-    BIND_ADDRESS: 127.0.0.1
-admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services:
-    - envoy_grpc: {{ cluster_name: xds_cluster }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds_cluster
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {{}}
-    load_assignment:
-      cluster_name: xds_cluster
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-",
-        api = api_type.to_ascii_lowercase(),
-        port = xds.port(),
+    common::ads_bootstrap(
+        xds.port(),
+        api_type,
+        &format!("envoy-{}", api_type.to_ascii_lowercase()),
+        &[("NAMESPACE", "demo"), ("BIND_ADDRESS", "127.0.0.1")],
     )
 }
 

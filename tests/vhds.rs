@@ -96,43 +96,7 @@ fn write_atomically(dir: &Path, name: &str, text: &str) {
 }
 
 fn bootstrap(xds_port: u16) -> String {
-    format!(
-        "node:
-  id: envoy-vhds
-  cluster: vhds-test
-  metadata:
-    VHDS: \"true\"
-admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-dynamic_resources:
-  ads_config:
-    api_type: DELTA_GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services:
-      - envoy_grpc: {{ cluster_name: xds_cluster }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-    - name: xds_cluster
-      type: STATIC
-      connect_timeout: 1s
-      typed_extension_protocol_options:
-        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-          \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-          explicit_http_config:
-            http2_protocol_options: {{}}
-      load_assignment:
-        cluster_name: xds_cluster
-        endpoints:
-          - lb_endpoints:
-              - endpoint:
-                  address:
-                    socket_address: {{ address: 127.0.0.1, port_value: {xds_port} }}
-"
-    )
+    common::ads_bootstrap(xds_port, "DELTA_GRPC", "envoy-vhds", &[("VHDS", "true")])
 }
 
 fn admin_json(server: &RunningServer, path: &str) -> Value {

@@ -699,6 +699,53 @@ fn escape_regex(s: &str) -> String {
 
 /// `envoy --mode validate -c <file>` on `bootstrap_yaml`: `Ok(())` if Envoy accepts it, else
 /// Envoy's output (stderr and stdout). Bounded by [`ENVOY_VALIDATE_TIMEOUT`].
+/// An Envoy bootstrap on ADS (`api_type` `GRPC` or `DELTA_GRPC`) to `serve` at
+/// 127.0.0.1:`xds_port`, with node `id` and the given node metadata (string values), and an
+/// admin port the OS picks.
+#[allow(dead_code)] // not every test binary starts an Envoy on ADS
+pub fn ads_bootstrap(xds_port: u16, api_type: &str, id: &str, metadata: &[(&str, &str)]) -> String {
+    let metadata: String = metadata
+        .iter()
+        .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
+        .collect();
+    format!(
+        "node:
+  id: {id}
+  cluster: test
+  metadata:
+{metadata}admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc: {{ cluster_name: xds_cluster }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds_cluster
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {{}}
+    load_assignment:
+      cluster_name: xds_cluster
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {xds_port} }}
+"
+    )
+}
+
 pub fn validate_config(bootstrap_yaml: &str) -> Result<(), String> {
     let dir = TempDir::new("validate");
     let config = dir.write("bootstrap.yaml", bootstrap_yaml);
