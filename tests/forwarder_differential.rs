@@ -166,13 +166,9 @@ impl Backends {
                 }
             });
         }
-        // A port where nothing listens (connections are refused).
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        ports.insert(
-            "dead".to_string(),
-            dead.local_addr().expect("address").port(),
-        );
-        drop(dead);
+        // A port where nothing listens (connections are refused); below the ephemeral range,
+        // so no parallel test's bind-to-0 takes it.
+        ports.insert("dead".to_string(), common::free_port());
         // The endpoint that resets: reads the request head and closes without an answer.
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -4,6 +4,8 @@
 //!
 //! Each test starts its own backends and forwarder on fresh ports. Every wait is bounded.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -253,16 +255,15 @@ async fn answer(
     r
 }
 
-/// A port where nothing listens (connections are refused).
+/// A port where nothing listens (connections are refused). From [`common::free_port`], so no
+/// backend bound on port 0 by a parallel test can take it.
 async fn down_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    drop(l);
-    port
+    common::free_port()
 }
 
+/// A port for a forwarder started later in the test; see [`common::free_port`].
 async fn free_port() -> u16 {
-    down_port().await
+    common::free_port()
 }
 
 // =========================================================================== config

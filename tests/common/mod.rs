@@ -76,23 +76,49 @@ pub fn envoy_bin() -> PathBuf {
     .clone()
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago. Never hands out the same port twice in
-/// one test process, so parallel tests in one binary don't collide with each other.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a process the test starts later
+/// (Envoy's listeners, `serve --xds-listen`). Never hands out the same port twice in one test
+/// process.
+///
+/// The port comes from below the kernel's ephemeral range (`ip_local_port_range`), where
+/// `bind(127.0.0.1:0)` and the source ports of outgoing connections never land: a backend that
+/// another test binds on port 0 between this call and Envoy's start can't take it (seen in CI:
+/// Envoy exited on start-up because a parallel test's backend had been given its listener port).
 pub fn free_port() -> u16 {
     static GIVEN: OnceLock<Mutex<BTreeSet<u16>>> = OnceLock::new();
     let given = GIVEN.get_or_init(|| Mutex::new(BTreeSet::new()));
-    for _ in 0..100 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener
-            .local_addr()
-            .expect("local address of a bound socket")
-            .port();
-        let mut given = given.lock().unwrap_or_else(|e| e.into_inner());
-        if given.insert(port) {
+    let (low, high) = outside_ephemeral_range();
+    let span = u32::from(high - low);
+    // Start where another test process on the machine is unlikely to start.
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    let mut given = given.lock().unwrap_or_else(|e| e.into_inner());
+    for i in 0..span {
+        let port = low + (seed.wrapping_add(i) % span) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
-    panic!("no free port on 127.0.0.1 after 100 tries");
+    panic!("no free port on 127.0.0.1 in {low}..{high}");
+}
+
+/// Ports `[low, high)` below the kernel's ephemeral range, where bind-to-0 never lands.
+fn outside_ephemeral_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // 10000.. keeps clear of well-known ports; a kernel whose range starts lower still gets
+    // a usable span, only without the guarantee.
+    let high = ephemeral_low.max(20000);
+    (10000, high)
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
