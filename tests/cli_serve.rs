@@ -316,3 +316,58 @@ fn serve_help_shows_the_envoy_bootstraps_and_flags() {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");
     }
 }
+
+/// Runs `shadowplane serve <args>` to its end (it must not start serving) and returns its exit
+/// code and stderr.
+fn serve_output(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shadowplane"))
+        .arg("serve")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shadowplane serve");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn serve_without_a_source_exits_2_naming_config_and_kubernetes() {
+    let (code, err) = serve_output(&[]);
+    assert_eq!(code, Some(2), "stderr:\n{err}");
+    assert!(err.contains("required"), "says what is missing:\n{err}");
+    assert!(err.contains("--config"), "names --config:\n{err}");
+    assert!(err.contains("--kubernetes"), "names --kubernetes:\n{err}");
+
+    // Each source alone and both together are accepted by the parser: with a kubeconfig that
+    // does not exist, serve gets as far as configuring the Kubernetes client and says so.
+    let dir = config_dir(SERVICE_ENTRY);
+    let config = dir.path().to_str().expect("temp dir path is UTF-8");
+    let missing = dir.path().join("no-such-kubeconfig");
+    let missing = missing.to_str().expect("temp path is UTF-8");
+    for args in [
+        vec!["--kubernetes", "--kubeconfig", missing],
+        vec!["--config", config, "--kubernetes", "--kubeconfig", missing],
+    ] {
+        let mut all = args.clone();
+        all.extend([
+            "--xds-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]);
+        let (code, err) = serve_output(&all);
+        assert_eq!(code, Some(2), "{args:?}: stderr:\n{err}");
+        assert!(
+            !err.contains("Usage:"),
+            "{args:?} is a valid command line:\n{err}"
+        );
+        assert!(
+            err.contains("cannot read the kubeconfig") && err.contains("no-such-kubeconfig"),
+            "{args:?}: fails on the kubeconfig, after parsing:\n{err}"
+        );
+    }
+}

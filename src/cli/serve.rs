@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{ArgGroup, Args};
 use shadowplane::app::{self, ServeConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_XDS_LISTEN};
 use shadowplane::config_source::{Debounce, KubeSourceConfig};
 
@@ -65,12 +65,19 @@ Examples:
   shadowplane serve --kubernetes --namespace shop --xds-listen 0.0.0.0:18000";
 
 #[derive(Debug, Args)]
+// Where the config comes from: files, the cluster, or both; with neither, clap's usage error
+// names both flags.
+#[command(group(
+    ArgGroup::new("source")
+        .args(["config", "kubernetes"])
+        .required(true)
+        .multiple(true)
+))]
 pub struct ServeArgs {
     /// A YAML file or a folder (walked recursively for *.yaml and *.yml, hidden entries
     /// skipped). Repeat to combine several; they are translated together. Optional with
     /// --kubernetes.
-    #[arg(short, long = "config", value_name = "PATH", num_args = 1..,
-          required_unless_present = "kubernetes")]
+    #[arg(short, long = "config", value_name = "PATH", num_args = 1..)]
     pub config: Vec<PathBuf>,
 
     /// Also read the config from the Kubernetes API server: Istio objects, Services,
