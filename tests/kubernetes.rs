@@ -958,6 +958,103 @@ fn two_replicas_on_one_api_server_serve_identical_versions() {
         .apply(&pod(NS, "calc-v1", "calc", "v2", rig.v1.port()));
     rig.wait_answered_by(&["v1", "v2"], "replica-a-pod");
     same("identical versions after an endpoint change");
+
+    // One Event per diagnostic, not one per replica: both replicas report a bad
+    // VirtualService and name its Event alike; the first POST creates it, the other gets 409
+    // AlreadyExists and leaves it.
+    let mut bad = virtual_service("v1", "v2", None);
+    bad["spec"]["hosts"] = json!([]);
+    rig.api.apply(&bad);
+    let vs_events = || -> Vec<Value> {
+        rig.api
+            .events()
+            .into_iter()
+            .filter(|e| {
+                e["regarding"]["kind"] == "VirtualService" && e["regarding"]["name"] == "calc"
+            })
+            .collect()
+    };
+    let event_writes = |method: &str, status: u16| {
+        rig.api
+            .requests()
+            .iter()
+            .filter(|r| r.method == method && r.status == status)
+            .filter(|r| r.path().starts_with("/apis/events.k8s.io/"))
+            .count()
+    };
+    eventually(
+        "each replica posted each Event once: one created, one AlreadyExists",
+        CHANGE_TIMEOUT,
+        || {
+            let events = rig.api.events();
+            let (created, exists) = (event_writes("POST", 201), event_writes("POST", 409));
+            if vs_events().len() == 1 && created == events.len() && exists == events.len() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{created} created, {exists} AlreadyExists, events: {events:#?}"
+                ))
+            }
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n--- replica b ---\n{}",
+            rig.context(),
+            second.tail()
+        )
+    });
+    let mut distinct = BTreeSet::new();
+    for e in rig.api.events() {
+        let key = (
+            e["regarding"]["uid"].to_string(),
+            e["reason"].to_string(),
+            e["note"].to_string(),
+        );
+        assert!(distinct.insert(key), "two Events for one diagnostic: {e:#}");
+    }
+    let first = vs_events().remove(0);
+    assert!(first["series"].is_null(), "{first:#}");
+
+    // Fixed, then broken again alike: the replica that created the Event records the
+    // recurrence on it (series count 2, one PATCH); the other leaves it; still one Event.
+    rig.api.apply(&virtual_service("v1", "v2", None));
+    eventually("both replicas serve the fix", CHANGE_TIMEOUT, || {
+        for (who, serve) in [("a", &rig.serve), ("b", &second)] {
+            let errors = serve.get("/debug/errors");
+            if !errors.starts_with("no config errors") {
+                return Err(format!("replica {who}: {errors}"));
+            }
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", rig.context()));
+    rig.api.apply(&bad);
+    let again = eventually(
+        "the recurrence is recorded as a series",
+        CHANGE_TIMEOUT,
+        || {
+            let events = vs_events();
+            match events.as_slice() {
+                [e] if e["series"]["count"] == 2 => Ok(e.clone()),
+                _ => Err(format!("{events:#?}")),
+            }
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n--- replica b ---\n{}",
+            rig.context(),
+            second.tail()
+        )
+    });
+    assert_eq!(again["metadata"]["name"], first["metadata"]["name"]);
+    assert_eq!(again["eventTime"], first["eventTime"], "{again:#}");
+    assert!(again["series"]["lastObservedTime"].is_string(), "{again:#}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(event_writes("PATCH", 200), 1, "only the creator patches");
+    assert_eq!(vs_events().len(), 1);
+    assert_eq!(vs_events()[0]["series"]["count"], 2);
     drop(envoy_b);
     rig.finish();
 }

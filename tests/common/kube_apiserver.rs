@@ -39,7 +39,9 @@
 //!
 //! Strictness: every request the real server would refuse is answered with the real error
 //! Status JSON (401, 403, 404, 405, 400, 409, 415, 422, 406 as Kubernetes does) and recorded in
-//! [`KubeApiServer::rejections`]. Two things the real server accepts silently are recorded too
+//! [`KubeApiServer::rejections`], except the answers that are the protocol working rather than a
+//! client mistake: 410 Expired after compaction, and 409 AlreadyExists for a create whose name
+//! exists (replicas that name the same Event alike rely on it). Two things the real server accepts silently are recorded too
 //! (answered as the real server answers them): an unknown query parameter (ignored by the real
 //! server) and an unknown field in a written body (dropped with a `Warning` header). Every
 //! end-to-end test asserts [`KubeApiServer::assert_no_rejections`] at its end.
@@ -1111,7 +1113,8 @@ struct ApiError {
     reason: &'static str,
     message: String,
     details: Option<Value>,
-    /// A 410 from compaction is the protocol working, not a client mistake.
+    /// The protocol working, not a client mistake (410 from compaction, 409 AlreadyExists):
+    /// answered but not recorded as a rejection.
     expected: bool,
 }
 
@@ -1138,6 +1141,25 @@ impl ApiError {
             "the server could not find the requested resource",
         )
         .details(json!({}))
+    }
+
+    /// A create of a name that exists: `errors.NewAlreadyExists` (details name the resource;
+    /// `group` is omitted for the core group, as the real server's `omitempty`). Not a
+    /// client mistake: writers that agree on a name (replicas posting the same Event) are
+    /// told the object is already there, so it is not recorded as a rejection.
+    fn already_exists(def: &ResourceDef, name: &str) -> ApiError {
+        let mut details = json!({"name": name, "kind": def.plural});
+        if !def.group.is_empty() {
+            details["group"] = json!(def.group);
+        }
+        let mut e = ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", group_resource(def)),
+        )
+        .details(details);
+        e.expected = true;
+        e
     }
 
     fn bad_request(message: impl Into<String>) -> ApiError {
@@ -3301,12 +3323,7 @@ fn create_event(
     }
     let key = (Store::Event, namespace.clone(), name.clone());
     if state.objects.contains_key(&key) {
-        return Err(ApiError::new(
-            409,
-            "AlreadyExists",
-            format!("{} \"{name}\" already exists", group_resource(target.def)),
-        )
-        .details(json!({"name": name, "group": target.def.group, "kind": target.def.plural})));
+        return Err(ApiError::already_exists(target.def, &name));
     }
     if dry_run.is_some() {
         return Ok(Outcome::Created(render(
