@@ -906,6 +906,60 @@ fn pagination_continues_and_expires_at_compaction() {
 }
 
 #[test]
+fn pages_across_namespaces_that_prefix_each_other_list_every_object_once_in_key_order() {
+    // `a`, `a-b` and `ab`: the real server orders by storage key `<ns>/<name>`, so `a-b/...`
+    // ('-' < '/') comes before `a/...`, which comes before `ab/...`; a continue token
+    // resumes after the last key.
+    let server = KubeApiServer::start();
+    let dir = TempDir::new("kube-standin");
+    for ns in ["ab", "a", "a-b"] {
+        for name in ["s1", "s0", "s2"] {
+            server.apply(&service(ns, name, 80, json!({})));
+        }
+    }
+    let want = [
+        "a-b/s0", "a-b/s1", "a-b/s2", "a/s0", "a/s1", "a/s2", "ab/s0", "ab/s1", "ab/s2",
+    ];
+    let key = |svc: &Service| {
+        format!(
+            "{}/{}",
+            svc.metadata.namespace.as_deref().unwrap_or_default(),
+            name_of(svc)
+        )
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let client = client(&server, &dir).await;
+        let api: Api<Service> = Api::all(client.clone());
+        let whole = api.list(&ListParams::default()).await.expect("list");
+        assert_eq!(whole.items.iter().map(key).collect::<Vec<_>>(), want);
+        for limit in 1..=4 {
+            let mut all = Vec::new();
+            let mut token: Option<String> = None;
+            let mut pages = 0;
+            loop {
+                let mut params = ListParams::default().limit(limit);
+                if let Some(t) = &token {
+                    params = params.continue_token(t);
+                }
+                let page = api.list(&params).await.expect("a page");
+                pages += 1;
+                assert!(page.items.len() <= limit as usize, "limit {limit}");
+                all.extend(page.items.iter().map(key));
+                token = page.metadata.continue_.filter(|t| !t.is_empty());
+                if token.is_none() {
+                    break;
+                }
+                assert!(pages < 20, "limit {limit}: no end to the pages: {all:?}");
+            }
+            assert_eq!(all, want, "limit {limit}: every object once, in key order");
+            assert_eq!(pages, want.len().div_ceil(limit as usize), "limit {limit}");
+        }
+    });
+    server.assert_no_rejections();
+}
+
+#[test]
 fn kube_event_recorder_posts_then_patches_events() {
     // The recorder needs only the deployed role; the core/v1 Event below needs more.
     let server = KubeApiServer::start_with(Options {

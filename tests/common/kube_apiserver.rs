@@ -16,7 +16,8 @@
 //!   gateways at the versions [`KubeApiServer::set_istio_versions`] serves (v1, v1beta1 and
 //!   v1alpha3 by default, the first one preferred), like Istio's CRDs;
 //! - list (cluster-wide and per namespace) with `metadata.resourceVersion`,
-//!   `limit`/`continue` pagination (continue tokens expire at compaction: 410), label selectors,
+//!   `limit`/`continue` pagination in storage-key order (`<ns>/<name>`, as etcd; continue tokens
+//!   expire at compaction: 410), label selectors,
 //!   and field selectors (only the fields the real server supports for each resource);
 //! - watch (`watch=true`) streaming newline-delimited WatchEvents ADDED / MODIFIED / DELETED /
 //!   BOOKMARK (every [`Options::bookmark_interval`] with `allowWatchBookmarks=true`, and before a
@@ -2511,12 +2512,21 @@ async fn list(
     };
     // rv=0 without Exact is served from the watch cache, which ignores the limit.
     let limit = if rv_param == "0" { None } else { limit };
-    let objects = state.snapshot_at(target.def.store, target.namespace.as_deref(), read_rv);
+    // The real server lists in the byte order of its storage keys (`<namespace>/<name>` under
+    // the resource's prefix, as etcd and the watch cache keep them), and a continue token
+    // resumes after the last key: namespace `a-b` comes before `a` ('-' < '/'). Ordering by
+    // (namespace, name) here but resuming by key would skip or repeat objects across such
+    // namespaces.
+    let mut objects: Vec<(String, Value)> = state
+        .snapshot_at(target.def.store, target.namespace.as_deref(), read_rv)
+        .into_iter()
+        .map(|((ns, name), obj)| (storage_key(&ns, &name), obj))
+        .collect();
+    objects.sort_by(|a, b| a.0.cmp(&b.0));
     let mut items = Vec::new();
     let mut next: Option<String> = None;
     let mut remaining = 0usize;
-    for ((ns, name), obj) in &objects {
-        let key = format!("{ns}/{name}");
+    for (key, obj) in &objects {
         if start_after
             .as_ref()
             .is_some_and(|s| key.as_str() <= s.as_str())
@@ -2532,7 +2542,7 @@ async fn list(
                 continue;
             }
         }
-        next = Some(key);
+        next = Some(key.clone());
         items.push(render(
             target.def,
             &target.version,
@@ -2608,6 +2618,16 @@ fn b64_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// An object's storage key below its resource's prefix: `<namespace>/<name>`, or `<name>` for
+/// a cluster-scoped object (as the real server's continue tokens carry it).
+fn storage_key(namespace: &str, name: &str) -> String {
+    if namespace.is_empty() {
+        name.to_string()
+    } else {
+        format!("{namespace}/{name}")
+    }
 }
 
 /// A continue token like the real server's: base64url of
