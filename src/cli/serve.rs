@@ -98,6 +98,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME", requires = "kubernetes")]
     pub kube_context: Option<String>,
 
+    /// With --kubernetes: how often Istio kinds the cluster does not serve yet (CRDs not
+    /// installed) are looked for again (default 30s). Hidden: for tests.
+    #[arg(long, value_name = "DURATION", requires = "kubernetes", hide = true,
+          value_parser = parse_duration)]
+    pub kube_discovery_interval: Option<Duration>,
+
     #[command(flatten)]
     pub options: OptionArgs,
 
@@ -154,6 +160,7 @@ impl ServeArgs {
             kubeconfig: self.kubeconfig.clone(),
             context: self.kube_context.clone(),
             debounce: cfg.debounce,
+            discovery_interval: self.kube_discovery_interval,
         });
         cfg
     }
@@ -270,6 +277,7 @@ mod tests {
         assert_eq!(kube.kubeconfig, Some(PathBuf::from("/tmp/kc")));
         assert_eq!(kube.context.as_deref(), Some("kind-a"));
         assert_eq!(kube.debounce.quiet, Duration::from_millis(20));
+        assert_eq!(kube.discovery_interval, None);
         assert_eq!(cfg.max_connection_age, Some(Duration::from_secs(1800)));
 
         // Both sources; --max-connection-age 0 disables it.

@@ -51,6 +51,9 @@ pub struct KubeSourceConfig {
     pub context: Option<String>,
     /// How long the objects must be quiet before a new reading.
     pub debounce: Debounce,
+    /// How often Istio kinds the cluster does not serve yet are looked for again (`None`:
+    /// every 30 s). Tests shorten it.
+    pub discovery_interval: Option<std::time::Duration>,
 }
 
 /// Why the Kubernetes source could not start. Once started it never fails: an unreachable
@@ -107,6 +110,7 @@ impl KubeSource {
             namespace: cfg.namespace.clone(),
             store: Arc::default(),
             changed: changed_tx,
+            discovery_interval: cfg.discovery_interval.unwrap_or(watch::DISCOVERY_INTERVAL),
         };
         let mut tasks = watches.start();
         let (tx, rx) = channel::channel(Arc::new(ConfigLoad {

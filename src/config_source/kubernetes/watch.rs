@@ -132,7 +132,12 @@ pub(super) struct Watches {
     pub store: SharedStore,
     /// A change worth a new reading (a full channel already holds one).
     pub changed: mpsc::Sender<()>,
+    /// How often missing Istio kinds are looked for again.
+    pub discovery_interval: Duration,
 }
+
+/// How often missing Istio kinds are looked for again by default.
+pub(super) const DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Watches {
     fn signal(&self) {
@@ -264,11 +269,12 @@ impl Watches {
             if missing != reported_missing {
                 tracing::warn!(
                     missing = %missing.join(", "),
-                    "the API server does not serve these {ISTIO_GROUP} kinds (v1, v1beta1 or v1alpha3); install the CRDs (shadowplane crds | kubectl apply -f -); looking again every 30s"
+                    "the API server does not serve these {ISTIO_GROUP} kinds (v1, v1beta1 or v1alpha3); install the CRDs (shadowplane crds | kubectl apply -f -); looking again every {:?}",
+                    self.discovery_interval
                 );
                 reported_missing = missing;
             }
-            tokio::time::sleep(Duration::from_secs(30)).await;
+            tokio::time::sleep(self.discovery_interval).await;
         }
     }
 }
