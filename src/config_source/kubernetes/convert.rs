@@ -179,6 +179,11 @@ pub fn istio_object(api_version: &str, kind: IstioKind, obj: &DynamicObject) -> 
 
 // ===== Services =====
 
+/// The file path of the ServiceEntry synthesized for Service `name` in `namespace`.
+pub fn service_path(namespace: &str, name: &str) -> String {
+    object_path("v1", "services", namespace, name)
+}
+
 /// What shadowplane keeps of a Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
@@ -249,7 +254,7 @@ impl ServiceInfo {
 
     /// The file path of its synthesized ServiceEntry.
     pub fn path(&self) -> String {
-        object_path("v1", "services", &self.namespace, &self.name)
+        service_path(&self.namespace, &self.name)
     }
 }
 
@@ -557,58 +562,30 @@ fn service_entry_doc(
     Some(Value::Object(doc))
 }
 
-/// Every Service's ServiceEntry, sorted by path. `slices` and `pods` are all known ones.
+/// Every Service's ServiceEntry rendered from scratch, sorted by path. `slices` and `pods`
+/// are all known ones. The source renders incrementally ([`super::reading`]); this is what
+/// its files must equal.
 pub fn service_entries(
     services: &BTreeMap<ObjectKey, ServiceInfo>,
     slices: &BTreeMap<ObjectKey, SliceInfo>,
     pods: &BTreeMap<ObjectKey, Labels>,
     domain_suffix: &str,
 ) -> Vec<Rendered> {
-    ServiceEntryCache::default().update(services, slices, pods, domain_suffix)
-}
-
-/// The rendered ServiceEntries of the previous reading. Rendering YAML is most of the cost
-/// of a Service, so a reading renders only the Services whose document changed: one
-/// endpoint change among 10,000 Services renders one file (release build: 415 ms for the
-/// first reading of 10,000 Services with 3 endpoints each, 138 ms for the next).
-#[derive(Default)]
-pub struct ServiceEntryCache {
-    entries: BTreeMap<ObjectKey, (Value, Rendered)>,
-}
-
-impl ServiceEntryCache {
-    /// [`service_entries`], reusing the files of unchanged documents.
-    pub fn update(
-        &mut self,
-        services: &BTreeMap<ObjectKey, ServiceInfo>,
-        slices: &BTreeMap<ObjectKey, SliceInfo>,
-        pods: &BTreeMap<ObjectKey, Labels>,
-        domain_suffix: &str,
-    ) -> Vec<Rendered> {
-        let mut by_service: BTreeMap<ObjectKey, Vec<&SliceInfo>> = BTreeMap::new();
-        for slice in slices.values() {
-            if let Some(key) = slice.service_key() {
-                by_service.entry(key).or_default().push(slice);
-            }
+    let mut by_service: BTreeMap<ObjectKey, Vec<&SliceInfo>> = BTreeMap::new();
+    for slice in slices.values() {
+        if let Some(key) = slice.service_key() {
+            by_service.entry(key).or_default().push(slice);
         }
-        let mut previous = std::mem::take(&mut self.entries);
-        for (key, svc) in services {
-            let slices = by_service.get(key).map(Vec::as_slice).unwrap_or(&[]);
-            let Some(doc) = service_entry_doc(svc, slices, pods, domain_suffix) else {
-                continue;
-            };
-            let rendered = match previous.remove(key) {
-                Some((old, rendered)) if old == doc && rendered.reference.uid == svc.uid => {
-                    rendered
-                }
-                _ => render(svc, &doc),
-            };
-            self.entries.insert(key.clone(), (doc, rendered));
-        }
-        let mut out: Vec<Rendered> = self.entries.values().map(|(_, r)| r.clone()).collect();
-        out.sort_by(|a, b| a.file.path.cmp(&b.file.path));
-        out
     }
+    let mut out: Vec<Rendered> = services
+        .iter()
+        .filter_map(|(key, svc)| {
+            let slices = by_service.get(key).map(Vec::as_slice).unwrap_or(&[]);
+            service_entry(svc, slices, pods, domain_suffix)
+        })
+        .collect();
+    out.sort_by(|a, b| a.file.path.cmp(&b.file.path));
+    out
 }
 
 #[cfg(test)]
@@ -1106,46 +1083,6 @@ spec:
         assert_eq!(
             endpoints_of(&t, "outbound|80|v2|calc.shop.svc.cluster.local"),
             ["127.0.0.1:8082"]
-        );
-    }
-
-    #[test]
-    fn the_cache_gives_what_a_fresh_conversion_gives() {
-        let mut services = BTreeMap::new();
-        services.insert(reviews().key(), reviews());
-        let web = service(json!({"metadata": {"name": "web", "namespace": "shop"},
-                                 "spec": {"ports": [{"name": "http", "port": 80}]}}));
-        services.insert(web.key(), web);
-        let one = reviews_slice("reviews-a", json!([ep("10.0.0.1", "p1", None)]));
-        let mut slices: BTreeMap<ObjectKey, SliceInfo> = [(one.key(), one)].into_iter().collect();
-        let pods = pods(&[("p1", &[("version", "v1")]), ("p2", &[("version", "v2")])]);
-        let mut cache = ServiceEntryCache::default();
-        let first = cache.update(&services, &slices, &pods, "cluster.local");
-        let texts = |r: &[Rendered]| r.iter().map(|r| r.file.text.clone()).collect::<Vec<_>>();
-        assert_eq!(
-            texts(&first),
-            texts(&service_entries(&services, &slices, &pods, "cluster.local"))
-        );
-        // An endpoint added: only reviews changes, and as a fresh conversion says.
-        let two = reviews_slice(
-            "reviews-a",
-            json!([ep("10.0.0.1", "p1", None), ep("10.0.0.2", "p2", None)]),
-        );
-        slices.insert(two.key(), two);
-        let second = cache.update(&services, &slices, &pods, "cluster.local");
-        assert_eq!(
-            texts(&second),
-            texts(&service_entries(&services, &slices, &pods, "cluster.local"))
-        );
-        assert_ne!(second[0].file.text, first[0].file.text);
-        assert_eq!(second[1].file.text, first[1].file.text);
-        // A Service deleted: its file goes.
-        services.remove(&("shop".to_string(), "web".to_string()));
-        assert_eq!(
-            cache
-                .update(&services, &slices, &pods, "cluster.local")
-                .len(),
-            1
         );
     }
 

@@ -18,6 +18,7 @@
 
 pub mod convert;
 pub mod events;
+mod reading;
 mod watch;
 
 use std::path::PathBuf;
@@ -26,13 +27,11 @@ use std::sync::Arc;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
-use shadowplane_translator::SourceFile;
 use tokio::sync::{mpsc, watch as channel};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
 use super::{ConfigLoad, Debounce};
-use convert::Rendered;
 use k8s_openapi::api::core::v1::ObjectReference;
 use std::collections::BTreeMap;
 
@@ -218,18 +217,6 @@ async fn client(cfg: &KubeSourceConfig) -> Result<Client, KubeSourceError> {
     Client::try_from(config).map_err(|e| KubeSourceError::Client(e.to_string()))
 }
 
-/// The files of the store: Services' ServiceEntries and Istio objects, sorted by path.
-fn files_of(
-    store: &watch::Store,
-    cache: &mut convert::ServiceEntryCache,
-    domain_suffix: &str,
-) -> Vec<Rendered> {
-    let mut out = cache.update(&store.services, &store.slices, &store.pods, domain_suffix);
-    out.extend(store.istio.values().flat_map(|t| t.values().cloned()));
-    out.sort_by(|a, b| a.file.path.cmp(&b.file.path));
-    out
-}
-
 /// Wait for changes, let them settle, and emit a reading when every watcher has synced and
 /// the files differ from the last reading.
 async fn reading_loop(
@@ -242,7 +229,7 @@ async fn reading_loop(
     references: Arc<std::sync::Mutex<BTreeMap<String, ObjectReference>>>,
 ) {
     let started = std::time::Instant::now();
-    let mut cache = convert::ServiceEntryCache::default();
+    let mut reading = reading::Reading::default();
     loop {
         if changes.recv().await.is_none() {
             return;
@@ -262,31 +249,36 @@ async fn reading_loop(
         if tx.is_closed() {
             return;
         }
-        let rendered = {
-            let store = watch::lock(&store);
+        let render_started = std::time::Instant::now();
+        let update = {
+            let mut store = watch::lock(&store);
             // Only the first reading waits for every watcher's first list. A kind discovered
             // later (Istio's CRDs installed after start) contributes nothing until its list is
             // complete, and must not hold back every other change meanwhile.
             if !store.ready() && tx.borrow().generation == 0 {
                 continue;
             }
-            files_of(&store, &mut cache, &domain_suffix)
+            reading.update(&mut store, &domain_suffix)
         };
-        let files: Vec<SourceFile> = rendered.iter().map(|r| r.file.clone()).collect();
-        let previous = tx.borrow().clone();
-        let mut load = ConfigLoad {
-            generation: previous.generation,
-            result: Ok(files),
-        };
-        if previous.generation > 0 && super::same_content(&load, &previous) {
+        if !update.references.is_empty() {
+            let mut refs = references.lock().unwrap_or_else(|p| p.into_inner());
+            for (path, reference) in update.references {
+                match reference {
+                    Some(r) => refs.insert(path, r),
+                    None => refs.remove(&path),
+                };
+            }
+        }
+        let previous_generation = tx.borrow().generation;
+        if previous_generation > 0 && !update.files_changed {
             tracing::trace!("Kubernetes objects unchanged");
             continue;
         }
-        load.generation += 1;
-        *references.lock().unwrap_or_else(|p| p.into_inner()) = rendered
-            .into_iter()
-            .map(|r| (r.file.path, r.reference))
-            .collect();
+        let load = ConfigLoad {
+            generation: previous_generation + 1,
+            result: Ok(reading.files()),
+        };
+        let render_ms = render_started.elapsed().as_secs_f64() * 1000.0;
         let count = load.result.as_ref().map(Vec::len).unwrap_or(0);
         if load.generation == 1 {
             tracing::info!(
@@ -298,6 +290,7 @@ async fn reading_loop(
             tracing::debug!(
                 generation = load.generation,
                 objects = count,
+                render_ms,
                 "Kubernetes objects changed"
             );
         }

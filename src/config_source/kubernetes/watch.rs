@@ -30,6 +30,7 @@ use super::convert::{
     self, IstioKind, Labels, ObjectKey, Rendered, ServiceInfo, SliceInfo, ISTIO_GROUP, ISTIO_KINDS,
     ISTIO_VERSIONS,
 };
+use super::reading::Tracker;
 
 /// Everything the watchers know, converted.
 #[derive(Default)]
@@ -43,6 +44,8 @@ pub(super) struct Store {
     pub synced: BTreeMap<String, bool>,
     /// Whether the first discovery of the Istio kinds finished (found or not).
     pub discovered: bool,
+    /// What changed since the last reading, and which Services a slice or Pod affects.
+    pub tracker: Tracker,
 }
 
 impl Store {
@@ -60,15 +63,57 @@ pub(super) fn lock(store: &SharedStore) -> MutexGuard<'_, Store> {
 }
 
 /// Where a watcher keeps its objects, and how it converts one.
-trait Table<K>: Send + 'static {
+pub(super) trait Table<K>: Send + 'static {
     type Value: PartialEq + Send + 'static;
     fn convert(&self, obj: &K) -> Option<(ObjectKey, Self::Value)>;
     fn table<'s>(&self, store: &'s mut Store) -> &'s mut BTreeMap<ObjectKey, Self::Value>;
+    /// Record in the store's tracker that `key` changed from `old` (its new value, if any,
+    /// is in the table).
+    fn touched(&self, store: &mut Store, key: &ObjectKey, old: Option<&Self::Value>);
 }
 
-struct IstioTable {
-    api_version: String,
-    kind: IstioKind,
+/// Set (`Some`) or delete (`None`) one object; whether the table changed.
+pub(super) fn apply<K, T: Table<K>>(
+    table: &T,
+    store: &mut Store,
+    key: ObjectKey,
+    value: Option<T::Value>,
+) -> bool {
+    let slot = table.table(store);
+    if slot.get(&key) == value.as_ref() {
+        return false;
+    }
+    let old = match value {
+        Some(v) => slot.insert(key.clone(), v),
+        None => slot.remove(&key),
+    };
+    table.touched(store, &key, old.as_ref());
+    true
+}
+
+/// Replace the whole table with a complete list; whether it changed.
+pub(super) fn replace<K, T: Table<K>>(
+    table: &T,
+    store: &mut Store,
+    listed: BTreeMap<ObjectKey, T::Value>,
+) -> bool {
+    let old = std::mem::replace(table.table(store), listed);
+    let new = table.table(store);
+    let changed: Vec<ObjectKey> = old
+        .iter()
+        .filter(|(k, v)| new.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .chain(new.keys().filter(|k| !old.contains_key(*k)).cloned())
+        .collect();
+    for key in &changed {
+        table.touched(store, key, old.get(key));
+    }
+    !changed.is_empty()
+}
+
+pub(super) struct IstioTable {
+    pub api_version: String,
+    pub kind: IstioKind,
 }
 
 impl Table<DynamicObject> for IstioTable {
@@ -84,9 +129,12 @@ impl Table<DynamicObject> for IstioTable {
     fn table<'s>(&self, store: &'s mut Store) -> &'s mut BTreeMap<ObjectKey, Rendered> {
         store.istio.entry(self.kind.kind).or_default()
     }
+    fn touched(&self, store: &mut Store, key: &ObjectKey, _old: Option<&Rendered>) {
+        store.tracker.istio_changed(self.kind.kind, key);
+    }
 }
 
-struct ServiceTable;
+pub(super) struct ServiceTable;
 
 impl Table<Service> for ServiceTable {
     type Value = ServiceInfo;
@@ -97,9 +145,12 @@ impl Table<Service> for ServiceTable {
     fn table<'s>(&self, store: &'s mut Store) -> &'s mut BTreeMap<ObjectKey, ServiceInfo> {
         &mut store.services
     }
+    fn touched(&self, store: &mut Store, key: &ObjectKey, _old: Option<&ServiceInfo>) {
+        store.tracker.service_changed(key);
+    }
 }
 
-struct SliceTable;
+pub(super) struct SliceTable;
 
 impl Table<EndpointSlice> for SliceTable {
     type Value = SliceInfo;
@@ -110,9 +161,12 @@ impl Table<EndpointSlice> for SliceTable {
     fn table<'s>(&self, store: &'s mut Store) -> &'s mut BTreeMap<ObjectKey, SliceInfo> {
         &mut store.slices
     }
+    fn touched(&self, store: &mut Store, key: &ObjectKey, old: Option<&SliceInfo>) {
+        store.tracker.slice_changed(key, old, store.slices.get(key));
+    }
 }
 
-struct PodTable;
+pub(super) struct PodTable;
 
 impl Table<Pod> for PodTable {
     type Value = Labels;
@@ -121,6 +175,9 @@ impl Table<Pod> for PodTable {
     }
     fn table<'s>(&self, store: &'s mut Store) -> &'s mut BTreeMap<ObjectKey, Labels> {
         &mut store.pods
+    }
+    fn touched(&self, store: &mut Store, key: &ObjectKey, _old: Option<&Labels>) {
+        store.tracker.pod_changed(key, &store.slices);
     }
 }
 
@@ -331,9 +388,7 @@ where
                 let listed = buffer.take().unwrap_or_default();
                 let count = listed.len();
                 let mut store = lock(&watches.store);
-                let slot = table.table(&mut store);
-                let changed = *slot != listed;
-                *slot = listed;
+                let changed = replace(&table, &mut store, listed);
                 let first = store.synced.insert(name.clone(), true) != Some(true);
                 drop(store);
                 if first {
@@ -342,23 +397,11 @@ where
                 changed || first
             }
             Event::Apply(obj) => match table.convert(&obj) {
-                Some((key, value)) => {
-                    let mut store = lock(&watches.store);
-                    let slot = table.table(&mut store);
-                    if slot.get(&key) == Some(&value) {
-                        false
-                    } else {
-                        slot.insert(key, value);
-                        true
-                    }
-                }
+                Some((key, value)) => apply(&table, &mut lock(&watches.store), key, Some(value)),
                 None => false,
             },
             Event::Delete(obj) => match table.convert(&obj) {
-                Some((key, _)) => table
-                    .table(&mut lock(&watches.store))
-                    .remove(&key)
-                    .is_some(),
+                Some((key, _)) => apply(&table, &mut lock(&watches.store), key, None),
                 None => false,
             },
         };
