@@ -12,7 +12,7 @@ use common::{HttpClient, TempDir};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference, Service};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use kube::runtime::events::{Event as RecorderEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use serde_json::{json, Value};
@@ -583,6 +583,92 @@ fn kube_discovery_sees_the_served_groups_and_istio_versions() {
         r.header("content-type"),
         Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
     );
+}
+
+#[test]
+fn a_cluster_without_istio_crds_discovers_no_group_until_they_are_installed_and_lists_can_be_held()
+{
+    let server = KubeApiServer::start_with(Options {
+        istio_versions: Vec::new(),
+        ..Options::default()
+    });
+    server.apply(&service("demo", "calc", 8080, json!({})));
+    let dir = TempDir::new("kube-standin");
+    let rt = runtime();
+    rt.block_on(async {
+        let client = client(&server, &dir).await;
+        for aggregated in [false, true] {
+            let discovery = kube::discovery::Discovery::new(client.clone());
+            let discovery = if aggregated {
+                discovery.run_aggregated().await
+            } else {
+                discovery.run().await
+            }
+            .expect("discovery");
+            assert!(discovery.get("networking.istio.io").is_none());
+            assert!(discovery.get("discovery.k8s.io").is_some());
+        }
+        match kube::discovery::group(&client, "networking.istio.io").await {
+            Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))) => {}
+            Err(e) => panic!("expected MissingApiGroup, got {e}"),
+            Ok(g) => panic!("expected MissingApiGroup, got group {}", g.name()),
+        }
+        server.assert_no_rejections();
+        // A path of the missing group is 404, as on a real server.
+        let vs: Api<DynamicObject> = Api::all_with(
+            client.clone(),
+            &ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService"),
+                "virtualservices",
+            ),
+        );
+        match vs.list(&ListParams::default()).await {
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, 404),
+            other => panic!("expected 404, got {other:?}"),
+        }
+        assert_eq!(server.take_rejections().len(), 1);
+
+        // Installed: discovered; a held list is answered once released.
+        server.set_istio_versions(&["v1"]);
+        let group = kube::discovery::group(&client, "networking.istio.io")
+            .await
+            .expect("the installed group");
+        assert_eq!(group.versions().collect::<Vec<_>>(), ["v1"]);
+        server.hold_lists("virtualservices");
+        let pending = tokio::spawn({
+            let vs = vs.clone();
+            async move { vs.list(&ListParams::default()).await }
+        });
+        for _ in 0..100 {
+            if server.held_lists("virtualservices") == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(server.held_lists("virtualservices"), 1);
+        // Other resources are answered meanwhile.
+        let services: Api<Service> = Api::all(client.clone());
+        assert_eq!(
+            services
+                .list(&ListParams::default())
+                .await
+                .expect("services")
+                .items
+                .len(),
+            1
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!pending.is_finished(), "the list is held");
+        server.release_lists("virtualservices");
+        let listed = tokio::time::timeout(Duration::from_secs(10), pending)
+            .await
+            .expect("answered once released")
+            .expect("the task ran")
+            .expect("the list");
+        assert!(listed.items.is_empty());
+        assert_eq!(server.held_lists("virtualservices"), 0);
+    });
+    server.assert_no_rejections();
 }
 
 /// The next watcher event, bounded.

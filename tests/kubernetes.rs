@@ -316,6 +316,9 @@ struct RigOptions<'a> {
     istio_version: &'a str,
     bootstrap: &'a str,
     serve_args: &'a [&'a str],
+    /// Whether the DestinationRule and VirtualService exist at start (not on a cluster
+    /// without Istio's CRDs).
+    istio_objects: bool,
 }
 
 impl Default for RigOptions<'_> {
@@ -325,6 +328,7 @@ impl Default for RigOptions<'_> {
             istio_version: "v1",
             bootstrap: "ads-delta.yaml",
             serve_args: &[],
+            istio_objects: true,
         }
     }
 }
@@ -347,11 +351,13 @@ impl Rig {
             api.apply(&slice(NS, "calc", &name, b.port(), true));
         }
         let v = opts.istio_version;
-        api.apply(&destination_rule(
-            v,
-            &[("v1", "v1"), ("v2", "v2"), ("v3", "v3")],
-        ));
-        api.apply(&virtual_service(v, "v1", None));
+        if opts.istio_objects {
+            api.apply(&destination_rule(
+                v,
+                &[("v1", "v1"), ("v2", "v2"), ("v3", "v3")],
+            ));
+            api.apply(&virtual_service(v, "v1", None));
+        }
         let mut serve = Serve::start(&kubeconfig, opts.serve_args);
         serve.wait_ready();
         let mut envoy =
@@ -914,6 +920,58 @@ fn a_cluster_serving_istio_at_v1beta1_only_works() {
         istio_paths.iter().any(|p| p.contains("/v1beta1/")),
         "{istio_paths:?}"
     );
+    rig.finish();
+}
+
+#[test]
+fn istio_crds_installed_after_start_are_watched_and_their_pending_first_list_holds_nothing_back() {
+    // A cluster without Istio's CRDs: serve gets ready on Services alone and routes to every
+    // ready endpoint; the missing group is looked for again every 200ms here (30s by default).
+    let rig = Rig::start(RigOptions {
+        api: Options {
+            istio_versions: Vec::new(),
+            ..Options::default()
+        },
+        istio_objects: false,
+        serve_args: &["--kube-discovery-interval", "200ms"],
+        ..RigOptions::default()
+    });
+    rig.wait_answered_by(&["v1", "v2", "v3"], "no-istio");
+    rig.api
+        .apply(&slice(NS, "calc", "calc-v3", rig.v3.port(), false));
+    rig.wait_answered_by(&["v1", "v2"], "no-istio-endpoint");
+
+    // The CRDs are installed and the objects created; the first list of VirtualServices is
+    // slow (held by the stand-in).
+    rig.api.hold_lists("virtualservices");
+    rig.api.set_istio_versions(&["v1"]);
+    rig.api.apply(&destination_rule(
+        "v1",
+        &[("v1", "v1"), ("v2", "v2"), ("v3", "v3")],
+    ));
+    rig.api.apply(&virtual_service("v1", "v1", None));
+    eventually(
+        "serve discovers the VirtualServices and lists them",
+        CHANGE_TIMEOUT,
+        || match rig.api.held_lists("virtualservices") {
+            0 => Err("no VirtualService list yet".to_string()),
+            _ => Ok(()),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", rig.context()));
+    // Meanwhile a Service change still goes out, and serve stays ready.
+    rig.api
+        .apply(&slice(NS, "calc", "calc-v3", rig.v3.port(), true));
+    rig.wait_answered_by(&["v1", "v2", "v3"], "istio-list-pending-endpoint");
+    assert_eq!(rig.serve.try_get("/readyz").map(|r| r.0), Ok(200));
+    assert_eq!(
+        rig.api.held_lists("virtualservices"),
+        1,
+        "the VirtualService list was still pending"
+    );
+    // The list completes: the VirtualService reaches Envoy.
+    rig.api.release_lists("virtualservices");
+    rig.wait_answered_by(&["v1"], "virtual-service-after-install");
     rig.finish();
 }
 

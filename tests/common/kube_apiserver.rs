@@ -14,7 +14,8 @@
 //!   events (the same storage as core/v1 events, converted like the real server does);
 //!   networking.istio.io virtualservices, destinationrules, serviceentries, workloadentries and
 //!   gateways at the versions [`KubeApiServer::set_istio_versions`] serves (v1, v1beta1 and
-//!   v1alpha3 by default, the first one preferred), like Istio's CRDs;
+//!   v1alpha3 by default, the first one preferred), like Istio's CRDs; none (the group is not
+//!   discovered at all) is a cluster without them, until they are installed;
 //! - list (cluster-wide and per namespace) with `metadata.resourceVersion`,
 //!   `limit`/`continue` pagination in storage-key order (`<ns>/<name>`, as etcd; continue tokens
 //!   expire at compaction: 410), label selectors,
@@ -380,7 +381,8 @@ fn group_resource(def: &ResourceDef) -> String {
 /// What the stand-in serves.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The networking.istio.io versions served, the preferred first.
+    /// The networking.istio.io versions served, the preferred first; none: the CRDs are not
+    /// installed (the group is absent from discovery and its paths are 404).
     pub istio_versions: Vec<String>,
     /// Whether `/api` and `/apis` answer aggregated discovery (Kubernetes 1.30+) when asked.
     pub aggregated_discovery: bool,
@@ -540,9 +542,11 @@ impl KubeApiServer {
             .build()
             .expect("build a tokio runtime for the API server stand-in");
         let (changed, _) = tokio::sync::watch::channel(0u64);
+        let (holds_changed, _) = tokio::sync::watch::channel(0u64);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(options)),
             changed,
+            holds_changed,
         });
         let listener = {
             let _guard = runtime.enter();
@@ -793,9 +797,9 @@ impl KubeApiServer {
     }
 
     /// Serve networking.istio.io at `versions` only (the first one is preferred), like a
-    /// cluster whose Istio CRDs serve those versions. Objects are kept.
+    /// cluster whose Istio CRDs serve those versions; none, like a cluster without them.
+    /// Objects are kept.
     pub fn set_istio_versions(&self, versions: &[&str]) {
-        assert!(!versions.is_empty(), "serve at least one Istio version");
         for v in versions {
             assert!(
                 ALL_ISTIO_VERSIONS.contains(v),
@@ -803,6 +807,24 @@ impl KubeApiServer {
             );
         }
         self.state().options.istio_versions = versions.iter().map(|v| v.to_string()).collect();
+    }
+
+    /// Hold every list (not watch) of `plural` (e.g. `virtualservices`) until
+    /// [`KubeApiServer::release_lists`]: a list that takes long, as on a big cluster. The
+    /// request is recorded once it is answered.
+    pub fn hold_lists(&self, plural: &str) {
+        self.state().held_lists.insert(plural.to_string());
+    }
+
+    /// Answer the lists held by [`KubeApiServer::hold_lists`] and stop holding new ones.
+    pub fn release_lists(&self, plural: &str) {
+        self.state().held_lists.remove(plural);
+        self.shared.holds_changed.send_modify(|n| *n += 1);
+    }
+
+    /// How many lists of `plural` are being held now.
+    pub fn held_lists(&self, plural: &str) -> usize {
+        self.state().waiting_lists.get(plural).copied().unwrap_or(0)
     }
 
     /// Answer aggregated discovery (Kubernetes 1.30+) or ignore its media type like an older
@@ -887,6 +909,8 @@ struct Shared {
     state: Mutex<State>,
     /// The latest resourceVersion, for open watches to wake up.
     changed: tokio::sync::watch::Sender<u64>,
+    /// Bumped when lists are released ([`KubeApiServer::release_lists`]).
+    holds_changed: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -922,6 +946,10 @@ struct State {
     open_watches: usize,
     /// Watches answered with 410 Expired (their resourceVersion was compacted).
     expired_watches: usize,
+    /// Resources (plural) whose lists are held ([`KubeApiServer::hold_lists`]).
+    held_lists: BTreeSet<String>,
+    /// Lists waiting on a hold now, by resource.
+    waiting_lists: BTreeMap<String, usize>,
 }
 
 impl State {
@@ -938,6 +966,8 @@ impl State {
             requests: Vec::new(),
             open_watches: 0,
             expired_watches: 0,
+            held_lists: BTreeSet::new(),
+            waiting_lists: BTreeMap::new(),
         }
     }
 
@@ -1791,6 +1821,10 @@ fn api_group_json(group: &str, istio_versions: &[String]) -> Option<Value> {
         return None;
     }
     let versions = versions_of(group, istio_versions);
+    if versions.is_empty() {
+        // Not installed (Istio's CRDs): not a group at all.
+        return None;
+    }
     let gv = |v: &String| json!({"groupVersion": format!("{group}/{v}"), "version": v});
     Some(json!({
         "kind": "APIGroup",
@@ -1930,7 +1964,9 @@ fn discovery_root(shared: &Arc<Shared>, accept: &str, core: bool) -> Result<Outc
             } else {
                 API_GROUPS
                     .iter()
-                    .map(|g| aggregated_group(g, &versions_of(g, &istio_versions)))
+                    .map(|g| (g, versions_of(g, &istio_versions)))
+                    .filter(|(_, versions)| !versions.is_empty())
+                    .map(|(g, versions)| aggregated_group(g, &versions))
                     .collect()
             };
             return Ok(Outcome::JsonAs(
@@ -2462,6 +2498,7 @@ async fn list(
     check_params(ctx, query, LIST_PARAMS)?;
     validate_list_options(query, false)?;
     let sel = selection(target, query)?;
+    wait_while_held(shared, target.def.plural).await;
     let limit = query_int(query, "limit")?.filter(|l| *l > 0);
     let _ = query_int(query, "timeoutSeconds")?;
     let rv_param = query_value(query, "resourceVersion").unwrap_or("");
@@ -2565,6 +2602,32 @@ async fn list(
         "metadata": metadata,
         "items": items,
     })))
+}
+
+/// Wait while lists of `plural` are held ([`KubeApiServer::hold_lists`]).
+async fn wait_while_held(shared: &Arc<Shared>, plural: &'static str) {
+    struct Waiting<'a>(&'a Shared, &'static str);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            if let Some(n) = lock(&self.0.state).waiting_lists.get_mut(self.1) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+    let mut rx = shared.holds_changed.subscribe();
+    {
+        let mut state = lock(&shared.state);
+        if !state.held_lists.contains(plural) {
+            return;
+        }
+        *state.waiting_lists.entry(plural.to_string()).or_default() += 1;
+    }
+    let _waiting = Waiting(shared, plural);
+    while rx.changed().await.is_ok() {
+        if !lock(&shared.state).held_lists.contains(plural) {
+            return;
+        }
+    }
 }
 
 async fn wait_fresh(shared: &Arc<Shared>, asked: u64) -> Result<(), ApiError> {
