@@ -9,6 +9,8 @@
 //! - [`convert`]: objects → files (Istio objects as YAML; each Service as a ServiceEntry with
 //!   its ready endpoints and their Pods' labels), pure and deterministic.
 //! - [`events`]: diagnostics about Kubernetes objects posted as Kubernetes Events on them.
+//! - [`reading`]: the files kept up to date by what changed: a slice or Pod change re-renders
+//!   only the Services it feeds, and every other file keeps its text.
 //!
 //! The first reading (generation 1) is emitted once every watcher finished its first list
 //! ([`KubeSource::is_synced`]); until then the receiver holds generation 0 with no files,
