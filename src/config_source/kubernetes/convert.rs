@@ -563,7 +563,7 @@ fn service_entry_doc(
 }
 
 /// Every Service's ServiceEntry rendered from scratch, sorted by path. `slices` and `pods`
-/// are all known ones. The source renders incrementally ([`super::reading`]); this is what
+/// are all known ones. The source renders incrementally (`reading.rs`); this is what
 /// its files must equal.
 pub fn service_entries(
     services: &BTreeMap<ObjectKey, ServiceInfo>,

@@ -1,6 +1,6 @@
 //! `serve --kubernetes`: the config read from a Kubernetes API server, handed on exactly like
-//! the file source's: a [`ConfigLoad`] of [`SourceFile`]s through a
-//! [`tokio::sync::watch`] channel.
+//! the file source's: a [`ConfigLoad`] of
+//! [`SourceFile`](shadowplane_translator::SourceFile)s through a [`tokio::sync::watch`] channel.
 //!
 //! - [`watch`]: discovery of the Istio kinds and one watcher per kind (VirtualService,
 //!   DestinationRule, ServiceEntry, WorkloadEntry, Gateway in `networking.istio.io`, at v1,
@@ -9,7 +9,7 @@
 //! - [`convert`]: objects → files (Istio objects as YAML; each Service as a ServiceEntry with
 //!   its ready endpoints and their Pods' labels), pure and deterministic.
 //! - [`events`]: diagnostics about Kubernetes objects posted as Kubernetes Events on them.
-//! - [`reading`]: the files kept up to date by what changed: a slice or Pod change re-renders
+//! - `reading`: the files kept up to date by what changed: a slice or Pod change re-renders
 //!   only the Services it feeds, and every other file keeps its text.
 //!
 //! The first reading (generation 1) is emitted once every watcher finished its first list
