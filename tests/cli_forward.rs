@@ -11,13 +11,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::process::ShadowplaneProcess;
 use common::{Backend, HttpClient};
 use shadowplane::app::{start, ServeConfig};
 use shadowplane::config_source::Debounce;
@@ -27,70 +25,34 @@ const DESKTOP: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A running `shadowplane forward`, killed on drop if the test did not stop it.
-struct Forward {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+/// A running `shadowplane forward` (killed on drop if the test did not stop it).
+struct Forward(ShadowplaneProcess);
+
+impl std::ops::Deref for Forward {
+    type Target = ShadowplaneProcess;
+    fn deref(&self) -> &ShadowplaneProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Forward {
+    fn deref_mut(&mut self) -> &mut ShadowplaneProcess {
+        &mut self.0
+    }
 }
 
 impl Forward {
     fn start(args: &[&str]) -> Forward {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shadowplane"))
-            .arg("forward")
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start shadowplane forward");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().expect("stderr is piped");
-        let sink = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Forward {
-            child,
-            stderr,
-            reader: Some(reader),
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        Forward(ShadowplaneProcess::start(&[&["forward"], args].concat()))
     }
 
     /// The admin address from the startup line (the port is picked by the OS).
     fn admin(&mut self) -> SocketAddr {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let err = self.stderr();
-            if let Some(line) = err.lines().find(|l| l.contains("admin on http://")) {
-                let start = line.find("admin on http://").expect("prefix") + 16;
-                let addr = line[start..].split('/').next().unwrap_or("");
-                return addr
-                    .parse()
-                    .unwrap_or_else(|e| panic!("admin address {addr:?} in {line:?}: {e}"));
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("forward exited early ({status}); stderr:\n{err}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no startup line after {START_TIMEOUT:?}; stderr:\n{err}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let line = self.wait_for_line("admin on http://", START_TIMEOUT);
+        let start = line.find("admin on http://").expect("prefix") + 16;
+        let addr = line[start..].split('/').next().unwrap_or("");
+        addr.parse()
+            .unwrap_or_else(|e| panic!("admin address {addr:?} in {line:?}: {e}"))
     }
 
     /// Poll the admin `/ready` until it answers 200 (bounded).
@@ -109,44 +71,6 @@ impl Forward {
                 self.stderr()
             );
             std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-    }
-
-    /// Wait (bounded) for the process to exit; its exit code.
-    fn wait_exit(&mut self, timeout: Duration) -> i32 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for forward") {
-                if let Some(reader) = self.reader.take() {
-                    let _ = reader.join();
-                }
-                return status
-                    .code()
-                    .unwrap_or_else(|| panic!("killed by a signal: {status}"));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "forward still running {timeout:?} later; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Forward {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

@@ -2,12 +2,15 @@
 //! /healthz and /readyz, reloads a fixed config, stops cleanly on SIGTERM, and exits 2 naming
 //! the address and the flag when a port is taken.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::process::ShadowplaneProcess;
 
 const SERVICE_ENTRY: &str = "\
 apiVersion: networking.istio.io/v1
@@ -45,110 +48,40 @@ spec:
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A running `shadowplane serve`, killed on drop if the test did not stop it.
-struct Serve {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+/// A running `shadowplane serve` (killed on drop if the test did not stop it).
+struct Serve(ShadowplaneProcess);
+
+impl std::ops::Deref for Serve {
+    type Target = ShadowplaneProcess;
+    fn deref(&self) -> &ShadowplaneProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serve {
+    fn deref_mut(&mut self) -> &mut ShadowplaneProcess {
+        &mut self.0
+    }
 }
 
 impl Serve {
     fn start(config: &Path, extra: &[&str]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shadowplane"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start shadowplane serve");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().expect("stderr is piped");
-        let sink = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let mut s = sink.lock().expect("stderr buffer lock");
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Serve {
-            child,
-            stderr,
-            reader: Some(reader),
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().expect("stderr buffer lock").clone()
+        let mut cmd = ShadowplaneProcess::command();
+        cmd.arg("serve").arg("--config").arg(config).args(extra);
+        Serve(ShadowplaneProcess::spawn(cmd))
     }
 
     /// The xDS and admin addresses from the startup line (the ports are picked by the OS).
     fn addresses(&mut self) -> (SocketAddr, SocketAddr) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let err = self.stderr();
-            if let Some(line) = err.lines().find(|l| l.contains("serving xDS on ")) {
-                let xds = word_after(line, "serving xDS on ");
-                let admin = word_after(line, "admin on http://");
-                let xds = xds.parse().expect("xDS address in the startup line");
-                let admin = admin
-                    .trim_end_matches('/')
-                    .parse()
-                    .expect("admin address in the startup line");
-                return (xds, admin);
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("serve exited early ({status}); stderr:\n{err}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no startup line after {START_TIMEOUT:?}; stderr:\n{err}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-    }
-
-    /// Wait (bounded) for the process to exit and for its stderr to be read; its exit code.
-    fn wait_exit(&mut self, timeout: Duration) -> i32 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for serve") {
-                if let Some(reader) = self.reader.take() {
-                    let _ = reader.join();
-                }
-                return status
-                    .code()
-                    .unwrap_or_else(|| panic!("killed by a signal: {status}"));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve still running {timeout:?} after SIGTERM; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let line = self.wait_for_line("serving xDS on ", START_TIMEOUT);
+        let xds = word_after(&line, "serving xDS on ");
+        let admin = word_after(&line, "admin on http://");
+        let xds = xds.parse().expect("xDS address in the startup line");
+        let admin = admin
+            .trim_end_matches('/')
+            .parse()
+            .expect("admin address in the startup line");
+        (xds, admin)
     }
 }
 

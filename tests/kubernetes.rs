@@ -26,14 +26,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::kube_apiserver::{KubeApiServer, Options};
+use common::process::ShadowplaneProcess;
 use common::{Backend, EnvoyProcess, HttpClient, TempDir};
 use serde_json::{json, Value};
 
@@ -143,18 +141,17 @@ fn virtual_service(v: &str, subset: &str, mirror: Option<&str>) -> Value {
 
 /// A running `shadowplane serve --kubernetes`, killed on drop.
 struct Serve {
-    child: Child,
+    process: ShadowplaneProcess,
     admin: SocketAddr,
     xds_port: u16,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl Serve {
     fn start(kubeconfig: &Path, extra: &[&str]) -> Serve {
         let xds_port = common::free_port();
         let admin_port = common::free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shadowplane"))
-            .arg("serve")
+        let mut cmd = ShadowplaneProcess::command();
+        cmd.arg("serve")
             .arg("--kubernetes")
             .arg("--kubeconfig")
             .arg(kubeconfig)
@@ -165,36 +162,12 @@ impl Serve {
             .args(["--phase-timeout", "1s", "--drain-timeout", "1s"])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start shadowplane serve --kubernetes");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().expect("stderr is piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+            .env("RUST_LOG", "info");
         Serve {
-            child,
+            process: ShadowplaneProcess::spawn(cmd),
             admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             xds_port,
-            stderr,
         }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     fn try_get(&self, path: &str) -> Result<(u16, String), String> {
@@ -214,9 +187,7 @@ impl Serve {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = String::new();
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("serve exited ({status})\n{}", self.tail());
-            }
+            self.process.assert_running();
             match self.try_get("/readyz") {
                 Ok((200, _)) => return,
                 Ok((status, body)) => last = format!("{status} {body}"),
@@ -255,19 +226,7 @@ impl Serve {
     }
 
     fn tail(&self) -> String {
-        let err = self.stderr();
-        let lines: Vec<&str> = err.lines().collect();
-        format!(
-            "--- serve stderr (tail) ---\n{}",
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        )
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.tail(40)
     }
 }
 
@@ -1087,6 +1046,9 @@ fn two_replicas_on_one_api_server_serve_identical_versions() {
         Ok(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", rig.context()));
+    // Events look at the served state a few times a second: an error fixed and back within
+    // that is one occurrence. Let both replicas see the fix.
+    std::thread::sleep(Duration::from_secs(1));
     rig.api.apply(&bad);
     let again = eventually(
         "the recurrence is recorded as a series",

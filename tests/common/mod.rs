@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod kube_apiserver;
+pub mod process;
 
 use std::collections::BTreeSet;
 use std::fmt;
