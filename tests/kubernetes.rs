@@ -740,8 +740,7 @@ fn a_bad_virtual_service_is_reported_on_the_object_and_the_last_good_config_keep
         );
     }
     // Another reading with the same error (an unrelated change): still reported, still the
-    // last good routing; a repeated Event is written as the real server accepts it (the
-    // stand-in validates a PATCH's immutable fields).
+    // last good routing, and no second Event (nor a series: the error never went away).
     rig.api.apply(&destination_rule(
         "v1",
         &[("v1", "v1"), ("v2", "v2"), ("v3", "v3"), ("v4", "v4")],
@@ -767,6 +766,7 @@ fn a_bad_virtual_service_is_reported_on_the_object_and_the_last_good_config_keep
         "the same error is reported once while it lasts, not once per reading: {reported:#?}"
     );
     assert_eq!(reported[0]["reason"], "ConfigError");
+    assert!(reported[0]["series"].is_null(), "{:#}", reported[0]);
     // The new subset selects no endpoint: a warning, posted on the DestinationRule.
     let warning = eventually(
         "a warning Event on the DestinationRule",

@@ -89,9 +89,9 @@ struct EventPoster {
     client: Client,
     references: References,
     reporting_instance: String,
-    /// Diagnostics of the latest config that are posted (or not postable), by their printed
-    /// form: a reading that reports them again posts nothing.
-    current: BTreeSet<String>,
+    /// The Events (namespace, name) of the latest config's diagnostics that are posted: a
+    /// reading that reports them again posts nothing.
+    current: BTreeSet<(String, String)>,
     /// Events this replica created, by namespace and name.
     owned: BTreeMap<(String, String), Owned>,
 }
@@ -115,10 +115,6 @@ impl EventPoster {
     async fn post(&mut self, diagnostics: &[Diagnostic]) {
         let mut current = BTreeSet::new();
         for d in diagnostics.iter().filter(|d| is_postable(d)) {
-            let key = d.to_string();
-            if !current.insert(key.clone()) || self.current.contains(&key) {
-                continue;
-            }
             let Some(path) = d.location.as_ref().map(|l| l.file.as_str()) else {
                 continue;
             };
@@ -126,7 +122,13 @@ impl EventPoster {
                 tracing::debug!(%path, "no Kubernetes object for this diagnostic; no Event posted");
                 continue;
             };
-            if let Err(e) = self.record(&reference, &event_for(d)).await {
+            let event = event_for(d);
+            // Diagnostics that make the same Event (same object and note) are one.
+            let key = (event_namespace(&reference), event_name(&reference, &event));
+            if !current.insert(key.clone()) || self.current.contains(&key) {
+                continue;
+            }
+            if let Err(e) = self.record(&reference, &event, &key).await {
                 tracing::warn!(%path, error = %e, "cannot post a Kubernetes Event for a config error; it is still logged and on /debug/errors (the service account needs create and patch on events.k8s.io events)");
                 current.remove(&key);
             }
@@ -140,16 +142,11 @@ impl EventPoster {
         &mut self,
         reference: &ObjectReference,
         event: &Event,
+        key: &(String, String),
     ) -> Result<(), kube::Error> {
-        let namespace = reference
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_string());
-        let name = event_name(reference, event);
-        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
-        let key = (namespace, name);
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &key.0);
         let now = Timestamp::now();
-        if let Some(owned) = self.owned.get_mut(&key) {
+        if let Some(owned) = self.owned.get_mut(key) {
             let count = owned.count.saturating_add(1).max(2);
             let patch = serde_json::json!({
                 "series": EventSeries { count, last_observed_time: MicroTime(now) },
@@ -165,16 +162,16 @@ impl EventPoster {
                 }
                 // Expired (the server's Event TTL) or deleted: create it again.
                 Err(kube::Error::Api(status)) if status.code == 404 => {
-                    self.owned.remove(&key);
+                    self.owned.remove(key);
                 }
                 Err(e) => return Err(e),
             }
         }
-        let body = self.new_event(reference, event, &key, now);
+        let body = self.new_event(reference, event, key, now);
         match api.create(&PostParams::default(), &body).await {
             Ok(_) => {
                 self.owned.insert(
-                    key,
+                    key.clone(),
                     Owned {
                         count: 1,
                         written: std::time::Instant::now(),
@@ -215,6 +212,14 @@ impl EventPoster {
             ..K8sEvent::default()
         }
     }
+}
+
+/// Events about an object go in its namespace; about a cluster-scoped one, in `default`.
+fn event_namespace(reference: &ObjectReference) -> String {
+    reference
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string())
 }
 
 fn type_name(t: EventType) -> &'static str {
