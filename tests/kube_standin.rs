@@ -443,6 +443,31 @@ fn refuses_what_the_real_api_server_refuses() {
     assert_eq!(core["involvedObject"]["name"], "calc");
     assert_eq!(core["message"], "bad");
     assert_eq!(core["reportingComponent"], "shadowplane");
+    // The same name through core/v1: AlreadyExists, its details without a group (core).
+    let core_dup = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": "calc.1", "namespace": "demo"},
+        "involvedObject": {"kind": "Service", "namespace": "demo", "name": "calc"},
+        "reason": "R",
+        "message": "m",
+    });
+    let (status, exists) = raw(
+        &http,
+        &admin,
+        "POST",
+        "/api/v1/namespaces/demo/events",
+        &[("content-type", "application/json")],
+        &core_dup.to_string(),
+        true,
+    );
+    assert_eq!(status, 409, "{exists}");
+    assert_eq!(exists["message"], "events \"calc.1\" already exists");
+    assert_eq!(
+        exists["details"],
+        json!({"name": "calc.1", "kind": "events"})
+    );
+    assert!(admin.take_rejections().is_empty());
     // A write the stand-in does not implement is never silently accepted.
     assert_refused(
         &admin,
