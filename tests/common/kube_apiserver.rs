@@ -1071,19 +1071,21 @@ impl State {
     }
 
     /// The objects of `store` in `namespace` (all with `None`) as they were at `rv` (which must
-    /// not be older than the compaction point), keyed by (namespace, name).
+    /// not be older than the compaction point), keyed by (namespace, name). Borrowed: a paged
+    /// list of a big kind reads the whole kind once per page, and cloning every object per page
+    /// made listing 30,000 Pods take the bench most of a minute.
     fn snapshot_at(
         &self,
         store: Store,
         namespace: Option<&str>,
         rv: u64,
-    ) -> BTreeMap<(String, String), Value> {
-        let mut objects: BTreeMap<(String, String), Value> = self
+    ) -> BTreeMap<(String, String), &Value> {
+        let mut objects: BTreeMap<(String, String), &Value> = self
             .objects
             .range((store, String::new(), String::new())..)
             .take_while(|((s, _, _), _)| *s == store)
             .filter(|((_, ns, _), _)| namespace.is_none_or(|n| n == ns))
-            .map(|((_, ns, name), v)| ((ns.clone(), name.clone()), v.clone()))
+            .map(|((_, ns, name), v)| ((ns.clone(), name.clone()), v))
             .collect();
         for entry in self.log.iter().rev().take_while(|e| e.rv > rv) {
             if entry.store != store || namespace.is_some_and(|n| n != entry.namespace) {
@@ -1096,7 +1098,7 @@ impl State {
             let key = (entry.namespace.clone(), name);
             match &entry.old {
                 Some(old) => {
-                    objects.insert(key, old.clone());
+                    objects.insert(key, old);
                 }
                 None => {
                     objects.remove(&key);
@@ -2554,7 +2556,7 @@ async fn list(
     // resumes after the last key: namespace `a-b` comes before `a` ('-' < '/'). Ordering by
     // (namespace, name) here but resuming by key would skip or repeat objects across such
     // namespaces.
-    let mut objects: Vec<(String, Value)> = state
+    let mut objects: Vec<(String, &Value)> = state
         .snapshot_at(target.def.store, target.namespace.as_deref(), read_rv)
         .into_iter()
         .map(|((ns, name), obj)| (storage_key(&ns, &name), obj))
@@ -2777,7 +2779,7 @@ async fn watch(
                 .values()
             {
                 if spec.sel.matches(obj) {
-                    spec.initial.push(obj.clone());
+                    spec.initial.push((*obj).clone());
                 }
             }
         }
