@@ -668,6 +668,11 @@ struct Served {
     snapshot: Arc<Snapshot>,
     /// The default view's translation.
     translation: Arc<Translation>,
+    /// The lowering of its services, for the next reading.
+    services_cache: reload::ServicesCache,
+    /// The snapshot of the VHDS view derived from the default view, if a group has that view:
+    /// its virtual hosts' encodings are reused for unchanged virtual hosts.
+    vhds_snapshot: Option<Arc<Snapshot>>,
     /// Overall version of the default group's snapshot.
     version: String,
     applied_unix_ms: u64,
@@ -837,15 +842,26 @@ impl App {
             }
         };
         let mut timings = reload::Timings::default();
+        let served_before = self.state.load().served.clone();
         let (parsed, parse_cache) = {
-            let state = self.state.load();
             let empty = reload::ParseCache::default();
-            let cache = state.served.as_ref().map_or(&empty, |s| &s.parse_cache);
+            let cache = served_before.as_ref().map_or(&empty, |s| &s.parse_cache);
             let (parsed, next, n) = reload::timed(&mut timings.parse, || cache.parse(files));
             timings.files_parsed = n;
             (Arc::new(parsed), next)
         };
-        let translation = reload::translate_timed(&parsed, &self.options, &mut timings);
+        // Incremental: the services' lowering, the protos of unchanged model elements and
+        // their encodings come from the served config when they are the same (see reload).
+        let (translation, built, services_cache, services_reused) = reload::translate_incremental(
+            &parsed,
+            parse_cache.parts(files),
+            &self.options,
+            served_before
+                .as_ref()
+                .map(|s| (&s.services_cache, &*s.translation)),
+            &mut timings,
+        );
+        timings.services_reused = services_reused;
         for d in &translation.diagnostics {
             log_diagnostic(d);
         }
@@ -857,11 +873,7 @@ impl App {
             return false;
         }
         let default_snapshot = match reload::timed(&mut timings.encode, || {
-            let state = self.state.load();
-            let previous = state
-                .served
-                .as_ref()
-                .map(|s| (&s.translation.resources, &*s.snapshot));
+            let previous = served_before.as_ref().map(|s| (&built, &*s.snapshot));
             reload::snapshot_reusing(&translation.resources, previous)
         }) {
             Ok(s) => s,
@@ -896,19 +908,37 @@ impl App {
             .map(|(name, g)| (name.clone(), g.view.clone()))
             .collect();
         timings.other_groups = others.len();
-        // Each view is a whole translation: on as many cores as there are.
+        // A VHDS view whose options are the default view's but for `vhds`: derived from the
+        // default translation and snapshot instead of translating again, once for all
+        // groups with that view.
+        let derived_vhds = |view: &NodeView| {
+            let options = view.options(&self.options);
+            let plain = Options {
+                vhds: false,
+                ..options.clone()
+            };
+            (options.vhds && plain == self.options).then_some(options)
+        };
+        let vhds_snapshot = reload::timed(&mut timings.views, || {
+            let options = others.iter().find_map(|(_, view)| derived_vhds(view))?;
+            let previous = served_before.as_ref().and_then(|s| {
+                s.vhds_snapshot
+                    .as_ref()
+                    .map(|v| (&*s.translation, v.as_ref()))
+            });
+            match reload::vhds_snapshot(&translation, &snapshot, &options, previous) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    tracing::error!("cannot build the snapshot for the VHDS node view: {e}; its groups keep their previous config");
+                    None
+                }
+            }
+        });
+        // Each other view is a whole translation: on as many cores as there are.
         let snapshots = reload::timed(&mut timings.views, || {
             reload::in_parallel(&others, |(_, view)| {
-                // A VHDS view whose options are the default view's but for `vhds`: derived
-                // from the default translation instead of translating again.
-                let options = view.options(&self.options);
-                let plain = Options {
-                    vhds: false,
-                    ..options.clone()
-                };
-                if options.vhds && plain == self.options {
-                    let resources = reload::derive_vhds(&translation.resources, &options);
-                    self.view_snapshot(view, &resources)
+                if derived_vhds(view).is_some() {
+                    vhds_snapshot.as_ref().map(|s| (**s).clone())
                 } else {
                     self.translate_view(&parsed, view)
                 }
@@ -943,6 +973,8 @@ impl App {
                 parse_cache,
                 snapshot,
                 translation: Arc::new(translation),
+                services_cache,
+                vhds_snapshot,
                 version,
                 applied_unix_ms: now_unix_ms(),
             })),

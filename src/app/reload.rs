@@ -17,7 +17,7 @@ use shadowplane_translator::{
     canonical, diag, lower, parse, xds, Options, Parsed, Resources, SourceFile, Translation,
 };
 
-use crate::xds::resource::{EncodedResource, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use crate::xds::resource::{EncodedResource, CLUSTER, ENDPOINT, LISTENER, ROUTE, VIRTUAL_HOST};
 use crate::xds::{Snapshot, SnapshotError};
 
 /// The parse of each file of the last reading, by path, with the text it was parsed from.
@@ -74,6 +74,66 @@ impl ParseCache {
     }
 }
 
+impl ParseCache {
+    /// The parse of each of `files` (the reading this cache was built from), in order.
+    pub(super) fn parts(&self, files: &[SourceFile]) -> Vec<(String, Arc<Parsed>)> {
+        files
+            .iter()
+            .filter_map(|f| {
+                self.files
+                    .get(&f.path)
+                    .map(|c| (f.path.clone(), c.parsed.clone()))
+            })
+            .collect()
+    }
+}
+
+/// The lowering of the ServiceEntries, WorkloadEntries and DestinationRules of one reading
+/// ([`lower::Services`]), kept for the next reading: when the files that changed hold none of
+/// those (before or after the change), it is what a full lowering would compute again.
+pub(super) struct ServicesCache {
+    options: Options,
+    /// Path and parse of every file of the reading, in order (a parse is shared with the
+    /// [`ParseCache`] while the file's text is unchanged, so an unchanged file is the same
+    /// `Arc`).
+    files: Vec<(String, Arc<Parsed>)>,
+    services: Arc<lower::Services>,
+}
+
+impl std::fmt::Debug for ServicesCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServicesCache")
+            .field("files", &self.files.len())
+            .finish()
+    }
+}
+
+fn has_service_inputs(parsed: &Parsed) -> bool {
+    parsed.resources.iter().any(lower::is_service_input)
+}
+
+impl ServicesCache {
+    /// The cached services, if they are those of `files` (path and parse of each file of a
+    /// reading, in order) with `options`: same options, same paths in the same order, and every
+    /// file either the same parse or one without service inputs before and after. Then the
+    /// ServiceEntries, WorkloadEntries and DestinationRules of the combined parse are the same,
+    /// in the same order (duplicates are dropped per kind, so also the same ones).
+    fn services_for(
+        &self,
+        files: &[(String, Arc<Parsed>)],
+        options: &Options,
+    ) -> Option<Arc<lower::Services>> {
+        let same = self.options == *options
+            && self.files.len() == files.len()
+            && self.files.iter().zip(files).all(|((op, old), (np, new))| {
+                op == np
+                    && (Arc::ptr_eq(old, new)
+                        || (!has_service_inputs(old) && !has_service_inputs(new)))
+            });
+        same.then(|| self.services.clone())
+    }
+}
+
 /// Where one reload's time went.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Timings {
@@ -81,6 +141,9 @@ pub(super) struct Timings {
     /// duplicate check included.
     pub files_parsed: usize,
     pub parse: Duration,
+    /// Whether the lowering of the services was the previous reading's (only VirtualServices
+    /// or Gateways changed).
+    pub services_reused: bool,
     /// Istio → model (the default view).
     pub lower: Duration,
     /// Model → Envoy protos (the default view).
@@ -103,6 +166,7 @@ impl Timings {
             total_ms = ms(total),
             parse_ms = ms(self.parse),
             files_parsed = self.files_parsed,
+            services_reused = self.services_reused,
             lower_ms = ms(self.lower),
             build_ms = ms(self.build),
             encode_ms = ms(self.encode),
@@ -138,19 +202,194 @@ pub(super) fn translate_timed(
     let model = timed(&mut timings.lower, || {
         lower::lower(&parsed.resources, options, &mut diagnostics)
     });
-    let resources = timed(&mut timings.build, || {
-        let mut resources = xds::build_with_config_source(&model, &options.config_source);
+    finish_translation(model, diagnostics, options, timings)
+}
+
+/// [`translate_timed`] of `parsed`, the combination of `parts` (the parse of each file of the
+/// reading, `(path, parse)` in order), reusing the lowering of the services of `previous`
+/// when it is theirs ([`ServicesCache`]). Returns the cache for the next reading and whether
+/// it was reused. Same result as [`translate_timed`] (tested on random edits).
+pub(super) fn translate_incremental(
+    parsed: &Parsed,
+    parts: Vec<(String, Arc<Parsed>)>,
+    options: &Options,
+    previous: Option<(&ServicesCache, &Translation)>,
+    timings: &mut Timings,
+) -> (Translation, Reused, ServicesCache, bool) {
+    let previous = previous.filter(|(cache, _)| cache.options == *options);
+    let mut diagnostics = parsed.diagnostics.clone();
+    let (model, services, reused) = timed(&mut timings.lower, || {
+        let cached = previous.and_then(|(p, _)| p.services_for(&parts, options));
+        let reused = cached.is_some();
+        let services =
+            cached.unwrap_or_else(|| Arc::new(lower::lower_services(&parsed.resources, options)));
+        let model =
+            lower::lower_with_services(&parsed.resources, &services, options, &mut diagnostics);
+        (model, services, reused)
+    });
+    let cache = ServicesCache {
+        options: options.clone(),
+        files: parts,
+        services,
+    };
+    let (translation, built) = finish_translation_reusing(
+        model,
+        diagnostics,
+        options,
+        previous.map(|(_, t)| t),
+        timings,
+    );
+    (translation, built, cache, reused)
+}
+
+fn finish_translation(
+    model: shadowplane_translator::ir::Model,
+    diagnostics: Vec<diag::Diagnostic>,
+    options: &Options,
+    timings: &mut Timings,
+) -> Translation {
+    finish_translation_reusing(model, diagnostics, options, None, timings).0
+}
+
+/// Which resources of a build are those of the previous build (same model element, so the
+/// same proto): their encodings can be reused without comparing the protos.
+#[derive(Debug, Default)]
+pub(super) struct Reused {
+    listeners: Vec<bool>,
+    routes: Vec<bool>,
+    clusters: Vec<bool>,
+    /// By cluster name: the cluster load assignment of a reused cluster is reused too.
+    endpoints: std::collections::BTreeSet<String>,
+}
+
+/// Of each of `new`: its index in `old` if `old` has an equal element of the same name.
+fn unchanged<T: PartialEq>(new: &[T], old: &[T], name: impl Fn(&T) -> &str) -> Vec<Option<usize>> {
+    // Names are unique per list in a model (sorted by name).
+    let by_name: BTreeMap<&str, usize> =
+        old.iter().enumerate().map(|(i, o)| (name(o), i)).collect();
+    new.iter()
+        .map(|n| {
+            by_name
+                .get(name(n))
+                .copied()
+                .filter(|&i| old.get(i).is_some_and(|o| o == n))
+        })
+        .collect()
+}
+
+/// [`xds::build_with_config_source`] of `model`, taking the protos of the model elements equal
+/// to those of `previous` (the model and resources of a build with the same `config_source`)
+/// from it instead of building them again: each proto is a function of its model element and
+/// the config source alone. Same result (tested).
+pub(super) fn build_reusing(
+    model: &shadowplane_translator::ir::Model,
+    config_source: &shadowplane_translator::ConfigSourceKind,
+    previous: Option<(&shadowplane_translator::ir::Model, &Resources)>,
+) -> (Resources, Reused) {
+    let Some((old_model, old)) = previous else {
+        return (
+            xds::build_with_config_source(model, config_source),
+            Reused::default(),
+        );
+    };
+    let listeners_from = unchanged(&model.listeners, &old_model.listeners, |l| &l.name);
+    let routes_from = unchanged(&model.route_configs, &old_model.route_configs, |r| &r.name);
+    let clusters_from = unchanged(&model.clusters, &old_model.clusters, |c| &c.name);
+    let listeners = model
+        .listeners
+        .iter()
+        .zip(&listeners_from)
+        .map(|(l, from)| match from.and_then(|i| old.listeners.get(i)) {
+            Some(built) => built.clone(),
+            None => xds::listener::build_listener_with_config_source(l, config_source),
+        })
+        .collect();
+    let routes = model
+        .route_configs
+        .iter()
+        .zip(&routes_from)
+        .map(|(r, from)| match from.and_then(|i| old.routes.get(i)) {
+            Some(built) => built.clone(),
+            None => xds::route::build_route_configuration(r),
+        })
+        .collect();
+    let clusters = model
+        .clusters
+        .iter()
+        .zip(&clusters_from)
+        .map(|(c, from)| match from.and_then(|i| old.clusters.get(i)) {
+            Some(built) => built.clone(),
+            None => xds::cluster::build_cluster_with_config_source(c, config_source),
+        })
+        .collect();
+    let old_endpoints: BTreeMap<&str, &_> = old
+        .endpoints
+        .iter()
+        .map(|e| (e.cluster_name.as_str(), e))
+        .collect();
+    let mut reused_endpoints = std::collections::BTreeSet::new();
+    let mut endpoints: Vec<_> = model
+        .clusters
+        .iter()
+        .zip(&clusters_from)
+        .filter(|(c, _)| c.discovery == shadowplane_translator::ir::Discovery::Eds)
+        .map(
+            |(c, from)| match from.and_then(|_| old_endpoints.get(c.name.as_str())) {
+                Some(built) => {
+                    reused_endpoints.insert(c.name.clone());
+                    (*built).clone()
+                }
+                None => xds::endpoint::build_cluster_load_assignment(c),
+            },
+        )
+        .collect();
+    endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    let reused = Reused {
+        listeners: listeners_from.iter().map(Option::is_some).collect(),
+        routes: routes_from.iter().map(Option::is_some).collect(),
+        clusters: clusters_from.iter().map(Option::is_some).collect(),
+        endpoints: reused_endpoints,
+    };
+    (
+        Resources {
+            listeners,
+            routes,
+            clusters,
+            endpoints,
+        },
+        reused,
+    )
+}
+
+/// [`finish_translation`], building with [`build_reusing`] from `previous` (a translation with
+/// the same options).
+pub(super) fn finish_translation_reusing(
+    model: shadowplane_translator::ir::Model,
+    mut diagnostics: Vec<diag::Diagnostic>,
+    options: &Options,
+    previous: Option<&Translation>,
+    timings: &mut Timings,
+) -> (Translation, Reused) {
+    let (resources, reused) = timed(&mut timings.build, || {
+        let (mut resources, reused) = build_reusing(
+            &model,
+            &options.config_source,
+            previous.map(|p| (&p.model, &p.resources)),
+        );
         if options.vhds && options.config_source == shadowplane_translator::ConfigSourceKind::Ads {
             xds::virtual_host::enable_vhds(&mut resources.routes);
         }
-        resources
+        (resources, reused)
     });
     diag::sort(&mut diagnostics);
-    Translation {
-        model,
-        resources,
-        diagnostics,
-    }
+    (
+        Translation {
+            model,
+            resources,
+            diagnostics,
+        },
+        reused,
+    )
 }
 
 /// The resources of the view whose options are `vhds_options` (with `vhds: true`), derived
@@ -195,64 +434,186 @@ pub(super) fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + S
 }
 
 /// The snapshot of `resources`, as [`Snapshot::from_resources`] builds it, reusing the encoding
-/// (canonical bytes and content hash) of every resource that is equal to the one of the same
-/// name in `previous` (the resources `previous_snapshot` was built from): after a one-route
-/// change only the changed resources are encoded and hashed again.
+/// (canonical bytes and content hash) of every resource that `reused` marks as the previous
+/// build's (see [`build_reusing`]), from `previous_snapshot`, the snapshot of that build: after
+/// a one-route change only the changed resources are encoded and hashed again, and no proto is
+/// compared.
 pub(super) fn snapshot_reusing(
     resources: &Resources,
-    previous: Option<(&Resources, &Snapshot)>,
+    previous: Option<(&Reused, &Snapshot)>,
 ) -> Result<Snapshot, SnapshotError> {
-    let Some((old, old_snapshot)) = previous else {
+    let Some((reused, old_snapshot)) = previous else {
         return Snapshot::from_resources(resources);
     };
     if resources.routes.iter().any(|r| r.vhds.is_some()) {
         // VHDS views: route configurations are split into virtual hosts (not reused here).
         return Snapshot::from_resources(resources);
     }
-    // Listeners and routes (a route configuration holding every virtual host is the biggest
-    // resource by far) on a second thread; clusters and endpoints here.
-    let (mut items, rest) = std::thread::scope(|scope| {
-        let routing = scope.spawn(|| {
-            let mut items = Vec::with_capacity(resources.listeners.len() + resources.routes.len());
-            reuse(
-                &mut items,
-                &resources.listeners,
-                &old.listeners,
-                old_snapshot,
-                |l| &l.name,
-            );
-            reuse(
-                &mut items,
-                &resources.routes,
-                &old.routes,
-                old_snapshot,
-                |r| &r.name,
-            );
-            items
-        });
-        let mut rest = Vec::with_capacity(resources.clusters.len() + resources.endpoints.len());
-        reuse(
-            &mut rest,
-            &resources.clusters,
-            &old.clusters,
-            old_snapshot,
-            |c| &c.name,
-        );
-        reuse(
-            &mut rest,
-            &resources.endpoints,
-            &old.endpoints,
-            old_snapshot,
-            |e| &e.cluster_name,
-        );
-        match routing.join() {
-            Ok(items) => (items, rest),
-            // A panic while encoding is a bug: carry it on as if it had happened here.
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    });
+    let mut items = Vec::with_capacity(
+        resources.listeners.len()
+            + resources.routes.len()
+            + resources.clusters.len()
+            + resources.endpoints.len(),
+    );
     // The order of Snapshot::from_resources, so a duplicate name is reported the same way.
-    items.extend(rest);
+    reuse(&mut items, &resources.listeners, old_snapshot, |i, l| {
+        reused
+            .listeners
+            .get(i)
+            .copied()
+            .unwrap_or(false)
+            .then_some(&l.name)
+    });
+    reuse(&mut items, &resources.routes, old_snapshot, |i, r| {
+        reused
+            .routes
+            .get(i)
+            .copied()
+            .unwrap_or(false)
+            .then_some(&r.name)
+    });
+    reuse(&mut items, &resources.clusters, old_snapshot, |i, c| {
+        reused
+            .clusters
+            .get(i)
+            .copied()
+            .unwrap_or(false)
+            .then_some(&c.name)
+    });
+    reuse(&mut items, &resources.endpoints, old_snapshot, |_, e| {
+        reused
+            .endpoints
+            .contains(&e.cluster_name)
+            .then_some(&e.cluster_name)
+    });
+    Snapshot::new(items)
+}
+
+/// Push the encoding of each of `new` onto `out`: the one of `old_snapshot` when `same` says
+/// the message (by its index) is the one `old_snapshot` was built from (its name), else a
+/// fresh one.
+fn reuse<M: prost::Message + prost::Name + ResourceName>(
+    out: &mut Vec<EncodedResource>,
+    new: &[M],
+    old_snapshot: &Snapshot,
+    same: impl Fn(usize, &M) -> Option<&String>,
+) {
+    let type_url = M::type_url();
+    for (i, m) in new.iter().enumerate() {
+        let previous = same(i, m).and_then(|n| old_snapshot.get(&type_url, n));
+        out.push(match previous {
+            Some(encoded) => (**encoded).clone(),
+            None => EncodedResource::new(type_url.clone(), m.resource_name(), canonical::encode(m)),
+        });
+    }
+}
+
+/// The xDS resource name of a message.
+trait ResourceName {
+    fn resource_name(&self) -> String;
+}
+
+impl ResourceName for envoy_types::pb::envoy::config::listener::v3::Listener {
+    fn resource_name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl ResourceName for envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+    fn resource_name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl ResourceName for envoy_types::pb::envoy::config::cluster::v3::Cluster {
+    fn resource_name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl ResourceName for envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+    fn resource_name(&self) -> String {
+        self.cluster_name.clone()
+    }
+}
+
+/// The snapshot of the VHDS view derived from the default view (see [`derive_vhds`]), from
+/// the default view's translation `plain` and its snapshot `plain_snapshot`, without
+/// translating or encoding it again: listeners, clusters and endpoints are the default view's
+/// encodings, route configurations are encoded without their virtual hosts, and each virtual
+/// host is encoded, or taken from `previous` (the default translation and VHDS snapshot of the
+/// last reload, same options) when its model is unchanged. The same snapshot as
+/// `Snapshot::from_resources(&derive_vhds(&plain.resources, vhds_options))` (tested).
+pub(super) fn vhds_snapshot(
+    plain: &Translation,
+    plain_snapshot: &Snapshot,
+    vhds_options: &Options,
+    previous: Option<(&Translation, &Snapshot)>,
+) -> Result<Snapshot, SnapshotError> {
+    use shadowplane_translator::ir;
+    if !(vhds_options.vhds
+        && vhds_options.config_source == shadowplane_translator::ConfigSourceKind::Ads)
+        || plain.resources.routes.iter().any(|r| r.vhds.is_some())
+        || plain.resources.routes.len() != plain.model.route_configs.len()
+    {
+        return Snapshot::from_resources(&derive_vhds(&plain.resources, vhds_options));
+    }
+    let encoded = |type_url: &str| {
+        plain_snapshot
+            .resources(type_url)
+            .values()
+            .map(|r| (**r).clone())
+            .collect::<Vec<_>>()
+    };
+    let mut items = encoded(LISTENER);
+    for rc in &plain.model.route_configs {
+        let mut shell = [xds::route::build_route_configuration(&ir::RouteConfig {
+            name: rc.name.clone(),
+            virtual_hosts: Vec::new(),
+        })];
+        xds::virtual_host::enable_vhds(&mut shell);
+        let [shell] = shell;
+        items.push(EncodedResource::new(
+            ROUTE,
+            shell.name.clone(),
+            canonical::encode(&shell),
+        ));
+    }
+    items.extend(encoded(CLUSTER));
+    items.extend(encoded(ENDPOINT));
+    let old_hosts: BTreeMap<(&str, &str), &ir::VirtualHost> = previous
+        .iter()
+        .flat_map(|(t, _)| &t.model.route_configs)
+        .flat_map(|rc| {
+            rc.virtual_hosts
+                .iter()
+                .map(move |vh| ((rc.name.as_str(), vh.name.as_str()), vh))
+        })
+        .collect();
+    for (rc, built) in plain
+        .model
+        .route_configs
+        .iter()
+        .zip(&plain.resources.routes)
+    {
+        for (vh, proto) in rc.virtual_hosts.iter().zip(&built.virtual_hosts) {
+            let name = xds::virtual_host::vhds_name(&rc.name, &proto.name);
+            let unchanged = old_hosts
+                .get(&(rc.name.as_str(), vh.name.as_str()))
+                .is_some_and(|old| *old == vh);
+            let previous_encoding = previous
+                .filter(|_| unchanged)
+                .and_then(|(_, snapshot)| snapshot.get(VIRTUAL_HOST, &name));
+            items.push(match previous_encoding {
+                Some(e) => (**e).clone(),
+                None => {
+                    let mut vh = proto.clone();
+                    vh.name = name;
+                    EncodedResource::new(VIRTUAL_HOST, vh.name.clone(), canonical::encode(&vh))
+                }
+            });
+        }
+    }
     Snapshot::new(items)
 }
 
@@ -266,33 +627,6 @@ pub(super) fn same_references(a: &Snapshot, b: &Snapshot) -> bool {
         && a.resources(ENDPOINT)
             .keys()
             .eq(b.resources(ENDPOINT).keys())
-}
-
-/// Push the encoding of each of `new` onto `out`: the previous one when `old` has an equal
-/// message of that name and `old_snapshot` its encoding, else a fresh one.
-fn reuse<M: prost::Message + prost::Name + PartialEq>(
-    out: &mut Vec<EncodedResource>,
-    new: &[M],
-    old: &[M],
-    old_snapshot: &Snapshot,
-    name: impl Fn(&M) -> &String,
-) {
-    let type_url = M::type_url();
-    // Names are unique per type in a valid snapshot; a duplicate is caught by Snapshot::new.
-    let old_by_name: BTreeMap<&str, &M> = old.iter().map(|m| (name(m).as_str(), m)).collect();
-    for m in new {
-        let n = name(m);
-        let same = old_by_name.get(n.as_str()).is_some_and(|o| *o == m);
-        let previous = if same {
-            old_snapshot.get(&type_url, n)
-        } else {
-            None
-        };
-        out.push(match previous {
-            Some(encoded) => (**encoded).clone(),
-            None => EncodedResource::new(type_url.clone(), n.clone(), canonical::encode(m)),
-        });
-    }
 }
 
 #[cfg(test)]
@@ -382,34 +716,41 @@ mod tests {
     fn reused_encodings_give_the_snapshot_of_a_fresh_encoding() {
         let translate = |vs: &str, dr: &str| {
             let files = vec![file("se.yaml", SE), file("a.yaml", dr), file("b.yaml", vs)];
-            shadowplane_translator::translate_files(&files, &Options::default()).resources
+            shadowplane_translator::translate_files(&files, &Options::default())
         };
         let dr2 = format!("{DR}  - name: v2\n    labels:\n      version: v2\n");
         let before = translate(VS, DR);
         let after = translate(&VS.replace("subset: v1", "subset: v2"), &dr2);
-        assert_ne!(before, after);
-        let before_snapshot = Snapshot::from_resources(&before).expect("snapshot");
-        for (new, previous) in [
-            (&after, None),
-            (&after, Some((&before, &before_snapshot))),
-            (&before, Some((&before, &before_snapshot))),
-        ] {
-            let reused = snapshot_reusing(new, previous).expect("snapshot");
-            let fresh = Snapshot::from_resources(new).expect("snapshot");
-            assert_eq!(reused, fresh);
-            assert_eq!(reused.versions(), fresh.versions());
+        assert_ne!(before.resources, after.resources);
+        let before_snapshot = Snapshot::from_resources(&before.resources).expect("snapshot");
+        for new in [&after, &before] {
+            let (built, reused) = build_reusing(
+                &new.model,
+                &Options::default().config_source,
+                Some((&before.model, &before.resources)),
+            );
+            assert_eq!(built, new.resources);
+            for previous in [None, Some((&reused, &before_snapshot))] {
+                let snapshot = snapshot_reusing(&built, previous).expect("snapshot");
+                let fresh = Snapshot::from_resources(&new.resources).expect("snapshot");
+                assert_eq!(snapshot, fresh);
+                assert_eq!(snapshot.versions(), fresh.versions());
+            }
         }
-        // Unchanged resources share the previous encoding: the cluster of subset v1 did not
-        // change, the route configuration did.
-        let reused = snapshot_reusing(&after, Some((&before, &before_snapshot))).expect("snapshot");
+        // Unchanged resources are marked reused and share the previous encoding: the cluster
+        // of subset v1 did not change, the route configuration did.
+        let (built, marks) = build_reusing(
+            &after.model,
+            &Options::default().config_source,
+            Some((&before.model, &before.resources)),
+        );
+        assert!(marks.clusters.iter().any(|r| *r) && marks.clusters.iter().any(|r| !*r));
+        assert_eq!(marks.routes, vec![false]);
+        let reused = snapshot_reusing(&built, Some((&marks, &before_snapshot))).expect("snapshot");
         let v1 = "outbound|80|v1|svc.ns.svc.cluster.local";
         assert_eq!(
-            reused
-                .get(crate::xds::resource::CLUSTER, v1)
-                .map(|r| r.version()),
-            before_snapshot
-                .get(crate::xds::resource::CLUSTER, v1)
-                .map(|r| r.version())
+            reused.get(CLUSTER, v1).map(|r| r.version()),
+            before_snapshot.get(CLUSTER, v1).map(|r| r.version())
         );
         assert_ne!(
             reused.version(crate::xds::resource::ROUTE),
@@ -420,7 +761,7 @@ mod tests {
         assert!(!same_references(&before_snapshot, &reused));
         assert!(same_references(&before_snapshot, &before_snapshot));
         let route_only = translate(&VS.replace("  - route:", "  - timeout: 5s\n    route:"), DR);
-        let route_only = Snapshot::from_resources(&route_only).expect("snapshot");
+        let route_only = Snapshot::from_resources(&route_only.resources).expect("snapshot");
         assert_ne!(route_only.version(ROUTE), before_snapshot.version(ROUTE));
         assert!(same_references(&before_snapshot, &route_only));
     }
@@ -481,5 +822,162 @@ mod tests {
             .is_empty());
         assert_eq!(derived, full);
         assert_eq!(derived.versions(), full.versions());
+    }
+
+    /// A small mesh in several files, edited at random: every step's incremental result
+    /// (services' lowering kept, protos and encodings reused, VHDS view derived) must be the
+    /// full translation's, byte for byte, diagnostics included.
+    #[test]
+    fn incremental_reloads_give_the_full_translation_on_random_edits() {
+        fn se(i: usize, port: u16) -> String {
+            format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: s{i}\n  namespace: ns\nspec:\n  hosts:\n  - s{i}.ns.svc.cluster.local\n  location: MESH_INTERNAL\n  ports:\n  - number: {port}\n    name: http\n    protocol: HTTP\n  resolution: STATIC\n  endpoints:\n  - address: 10.0.0.{i}\n    labels:\n      version: v1\n  - address: 10.0.1.{i}\n    labels:\n      version: v2\n")
+        }
+        fn dr(i: usize, subsets: &[&str]) -> String {
+            let mut text = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: s{i}\n  namespace: ns\nspec:\n  host: s{i}\n  subsets:\n");
+            for s in subsets {
+                text.push_str(&format!("  - name: {s}\n    labels:\n      version: {s}\n"));
+            }
+            text
+        }
+        fn vs(name: &str, host: &str, subset: &str, timeout: u32) -> String {
+            format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: {name}\n  namespace: ns\nspec:\n  hosts:\n  - {host}\n  http:\n  - name: r\n    timeout: {timeout}s\n    route:\n    - destination:\n        host: {host}\n        subset: {subset}\n")
+        }
+        // A fixed xorshift sequence: the same edits on every run.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        const N: usize = 4;
+        let mut files: BTreeMap<String, String> = BTreeMap::new();
+        for i in 0..N {
+            files.insert(
+                format!("s{i}.yaml"),
+                format!("{}---\n{}", se(i, 80), dr(i, &["v1", "v2"])),
+            );
+            files.insert(
+                format!("vs{i}.yaml"),
+                vs(&format!("vs{i}"), &format!("s{i}"), "v1", 1),
+            );
+        }
+        let options = Options::default();
+        let vhds_options = Options {
+            vhds: true,
+            ..options.clone()
+        };
+        let mut parse_cache = ParseCache::default();
+        let mut previous: Option<(ServicesCache, Translation, Snapshot, Snapshot)> = None;
+        let mut reused_services = 0;
+        for step in 0..160 {
+            let i = next(N);
+            let subset = ["v1", "v2", "v3"][next(3)];
+            let (path, text) = match next(9) {
+                0..=2 => (
+                    format!("vs{i}.yaml"),
+                    vs(
+                        &format!("vs{i}"),
+                        &format!("s{i}"),
+                        subset,
+                        1 + next(3) as u32,
+                    ),
+                ),
+                // A VirtualService for another service, or a duplicate name.
+                3 => (
+                    format!("vs{i}.yaml"),
+                    vs(
+                        &format!("vs{}", next(N)),
+                        &format!("s{}", next(N)),
+                        subset,
+                        2,
+                    ),
+                ),
+                // Half-written.
+                4 => {
+                    let t = vs(&format!("vs{i}"), &format!("s{i}"), subset, 1);
+                    (
+                        format!("vs{i}.yaml"),
+                        t[..t.len() / 2 + next(8)].to_string(),
+                    )
+                }
+                5 => (
+                    format!("s{i}.yaml"),
+                    format!(
+                        "{}---\n{}",
+                        se(i, [80, 8080][next(2)]),
+                        dr(i, &[["v1", "v2"], ["v1", "v3"]][next(2)])
+                    ),
+                ),
+                // A DestinationRule moved into a VirtualService's file, and back.
+                6 => (
+                    format!("vs{i}.yaml"),
+                    format!(
+                        "{}---\n{}",
+                        vs(&format!("vs{i}"), &format!("s{i}"), subset, 1),
+                        dr(next(N), &["v2"])
+                    ),
+                ),
+                7 => (
+                    format!("extra{}.yaml", next(2)),
+                    vs(&format!("x{i}"), &format!("s{i}"), subset, 3),
+                ),
+                _ => (
+                    format!("s{i}.yaml"),
+                    format!("{}---\n{}", se(i, 80), dr(i, &["v1", "v2"])),
+                ),
+            };
+            if next(10) == 0 {
+                files.remove(&path);
+            } else {
+                files.insert(path, text);
+            }
+            let reading: Vec<SourceFile> = files.iter().map(|(p, t)| file(p, t)).collect();
+
+            let (parsed, next_cache, _) = parse_cache.parse(&reading);
+            let (translation, built, services, reused) = translate_incremental(
+                &parsed,
+                next_cache.parts(&reading),
+                &options,
+                previous.as_ref().map(|(c, t, _, _)| (c, t)),
+                &mut Timings::default(),
+            );
+            reused_services += usize::from(reused);
+            let full = shadowplane_translator::translate_files(&reading, &options);
+            assert_eq!(translation.model, full.model, "step {step}");
+            assert_eq!(translation.resources, full.resources, "step {step}");
+            assert_eq!(translation.diagnostics, full.diagnostics, "step {step}");
+            let Ok(fresh) = Snapshot::from_resources(&full.resources) else {
+                // Not served (e.g. a duplicate name): the next reload starts afresh.
+                parse_cache = next_cache;
+                previous = None;
+                continue;
+            };
+            let snapshot = snapshot_reusing(
+                &translation.resources,
+                previous.as_ref().map(|(_, _, s, _)| (&built, s)),
+            )
+            .expect("snapshot");
+            assert_eq!(snapshot, fresh, "step {step}");
+            assert_eq!(snapshot.versions(), fresh.versions(), "step {step}");
+            let vhds = vhds_snapshot(
+                &translation,
+                &snapshot,
+                &vhds_options,
+                previous.as_ref().map(|(_, t, _, v)| (t, v)),
+            )
+            .expect("vhds snapshot");
+            let vhds_full = Snapshot::from_resources(
+                &shadowplane_translator::translate_files(&reading, &vhds_options).resources,
+            )
+            .expect("vhds snapshot");
+            assert_eq!(vhds, vhds_full, "step {step}");
+            assert_eq!(vhds.versions(), vhds_full.versions(), "step {step}");
+            parse_cache = next_cache;
+            previous = Some((services, translation, snapshot, vhds));
+        }
+        // The cache was exercised, and so was its invalidation.
+        assert!(reused_services > 20, "{reused_services}");
+        assert!(reused_services < 140, "{reused_services}");
     }
 }
