@@ -49,6 +49,7 @@
 //! | O3 | never hold EDS/RDS; empty placeholder for unknown names | `o3_unknown_names_answered_with_placeholders` |
 //! | O4 | make-before-break: removed clusters go after routes (send order within one push; ACK-gated phases across pushes are the serve pipeline's, `src/app.rs`) | `o4_make_before_break`, `o4_delta_make_before_break` |
 //! | O5 | listener before its route; route answered while listener warms | `o5_route_answered_while_listener_warms` |
+//! | O6 | (ours) SotW: a change answers only the types that changed, the same bytes on streams with the same subscription | `o6_sotw_change_sends_only_changed_types_shared_between_streams` |
 //! | R1 | response sizes recorded; oversized warned (no hard send limit); request limit | `r1_sizes_recorded_and_limits` |
 //! | R2 | a slow client does not block others | `r2_slow_client_does_not_block_others` |
 //! | R3 | stream teardown releases registry entries and watches | `r3_teardown_releases_state` |
@@ -1131,6 +1132,41 @@ async fn o4_make_before_break() {
     let eds = ads.recv().await;
     assert_eq!(eds.type_url, EDS);
     assert_eq!(names(&eds), ["b", "c"]);
+}
+
+#[tokio::test]
+async fn o6_sotw_change_sends_only_changed_types_shared_between_streams() {
+    // Two ADS streams, same subscriptions; only route 80 changes: each gets one RDS response
+    // (the changed route only), nothing for CDS/EDS/LDS, and the two responses are the same
+    // bytes apart from the nonce.
+    let server = Server::start().await;
+    server.set(base());
+    let mut one = server.ads().await;
+    let mut two = server.ads_as(Node {
+        id: "proxy-two".into(),
+        ..Default::default()
+    })
+    .await;
+    subscribed_everything(&mut one).await;
+    subscribed_everything(&mut two).await;
+    let mut items = base_items();
+    items.retain(|r| r.name() != "80");
+    items.push(route("80", "b"));
+    server.set(snap(items));
+    let mut got = Vec::new();
+    for ads in [&mut one, &mut two] {
+        let r = ads.recv().await;
+        assert_eq!(r.type_url, RDS, "only the route configuration changed");
+        assert_eq!(names(&r), ["80"]);
+        ads.ack(&r, &["80"]);
+        ads.expect_quiet().await;
+        got.push(r);
+    }
+    let (mut a, mut b) = (got[0].clone(), got[1].clone());
+    assert_ne!(a.nonce, b.nonce);
+    a.nonce.clear();
+    b.nonce.clear();
+    assert_eq!(a.encode_to_vec(), b.encode_to_vec());
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use super::registry::Transport;
 use super::resource::{self, set_version, EncodedResource};
+use super::sotw::SotwPlanEntry;
 
 /// Errors building a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,7 +39,15 @@ pub struct TypeResources {
     /// [`TypeResources::diff`]s from earlier `TypeResources` to this one, memoized: every
     /// stream making the same move shares one diff. A few entries, the newest last.
     diffs: Mutex<Vec<(Weak<TypeResources>, Arc<TypeDiff>)>>,
+    /// State-of-the-world responses to this `TypeResources`, memoized by what the stream
+    /// had and what it subscribes to: streams with the same subscription and the same
+    /// last response share one plan (see `sotw::shared_plan`). A few entries, newest last.
+    pub(crate) sotw_plans: Mutex<Vec<SotwPlanEntry>>,
 }
+
+/// How many SotW plans a `TypeResources` remembers (distinct subscriptions beyond that
+/// recompute).
+pub(crate) const SOTW_PLAN_MEMO: usize = 64;
 
 /// How many diffs a `TypeResources` remembers (streams lagging further behind recompute).
 const DIFF_MEMO: usize = 4;
@@ -95,6 +104,7 @@ impl TypeResources {
             version,
             resources,
             diffs: Mutex::new(Vec::new()),
+            sotw_plans: Mutex::new(Vec::new()),
         }
     }
 

@@ -13,35 +13,53 @@
 //! * snapshot change: types in CDS → EDS → LDS → RDS order, each only if its view changed;
 //!   on ADS, clusters that disappear while listeners/routes change are kept in a first CDS
 //!   response and removed in a second one after the routes (make-before-break).
+//!
+//! Sharing: a type whose snapshot resources (the shared [`TypeResources`], or one of the same
+//! version) and subscription are those it was last reconciled against is skipped without
+//! looking at a resource. A type that changed gets its response from [`shared_plan`]: a pure
+//! function of (what the client has, subscription, new resources), memoized on the new
+//! `TypeResources` and keyed by the identity of the shared `sent` map and the interned name
+//! set. Streams that got the same responses hold the same `sent` map, so a thousand streams
+//! with one subscription build one response per change and share its bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use prost::Message;
 use tonic::Status;
 
-use super::cache::{Snapshot, TypeResources};
+use super::cache::{Snapshot, TypeResources, SOTW_PLAN_MEMO};
 use super::registry::{now_unix_ms, NackStatus, RequestKind, SyncState};
 use super::resource::{
     self, is_full_state, placeholder, push_rank, set_version, short_type, EncodedResource,
 };
 use super::stream::{Protocol, StreamCtx};
-use super::subscription::Subscription;
+use super::subscription::{Names, Subscription};
 use super::wire::SotwWire;
+
+/// What a client has of one type as far as the server knows: name → resource last sent,
+/// NACKed ones and placeholders included. Shared between streams that got the same responses.
+pub(crate) type SentMap = BTreeMap<String, Arc<EncodedResource>>;
+
+/// The one empty [`SentMap`] every new type state starts from (so first responses are shared
+/// too).
+fn empty_sent() -> Arc<SentMap> {
+    static EMPTY: OnceLock<Arc<SentMap>> = OnceLock::new();
+    EMPTY.get_or_init(|| Arc::new(BTreeMap::new())).clone()
+}
 
 struct Last {
     nonce: String,
     version: String,
-    names: Vec<String>,
+    names: Arc<Vec<String>>,
 }
 
-#[derive(Default)]
 struct TypeState {
     sub: Subscription,
     /// What the client has, as far as the server knows.
-    sent: BTreeMap<String, Arc<EncodedResource>>,
+    sent: Arc<SentMap>,
     last: Option<Last>,
     /// Answer the next ACK even if nothing changed (a cluster or listener is warming).
     force: bool,
@@ -51,12 +69,189 @@ struct TypeState {
     pending: bool,
     /// The last response was rejected.
     nacked: bool,
+    /// What this type was last reconciled against: the snapshot's resources and the
+    /// subscription (names, wildcard) then. Equal again → nothing to send.
+    base: Option<(Arc<TypeResources>, Names, bool)>,
 }
 
-struct Plan {
+impl Default for TypeState {
+    fn default() -> Self {
+        TypeState {
+            sub: Subscription::default(),
+            sent: empty_sent(),
+            last: None,
+            force: false,
+            view_version: None,
+            pending: false,
+            nacked: false,
+            base: None,
+        }
+    }
+}
+
+impl TypeState {
+    /// Reconciled against `resources` (or the same content) with the current subscription:
+    /// the view, and so the answer, cannot have changed.
+    fn in_sync_with(&self, resources: &Arc<TypeResources>) -> bool {
+        self.last.is_some()
+            && self.base.as_ref().is_some_and(|(base, names, wildcard)| {
+                (Arc::ptr_eq(base, resources) || base.version() == resources.version())
+                    && Arc::ptr_eq(names, self.sub.shared_names())
+                    && *wildcard == self.sub.is_wildcard()
+            })
+    }
+}
+
+/// One SotW response for a type and what the client has after it.
+pub(crate) struct Plan {
     resources: Vec<Arc<EncodedResource>>,
-    sent: BTreeMap<String, Arc<EncodedResource>>,
+    names: Arc<Vec<String>>,
+    sent: Arc<SentMap>,
     version: String,
+    /// The response adds or changes a resource the client had (for CDS/LDS on ADS: Envoy
+    /// warms it and waits for EDS/RDS).
+    warming: bool,
+}
+
+/// What a memoized plan was computed from: pointer identities (held weakly: a live `Weak`
+/// keeps the address from being reused) and the flags that change the answer.
+pub(crate) struct PlanKey {
+    type_url: String,
+    sent: Weak<SentMap>,
+    names: Weak<std::collections::BTreeSet<String>>,
+    wildcard: bool,
+    placeholders: bool,
+    full: bool,
+}
+
+/// A memo entry on a [`TypeResources`]: `None` means "nothing to send".
+pub(crate) type SotwPlanEntry = (PlanKey, Option<Arc<Plan>>);
+
+/// What the client should have of `type_url` now.
+fn view(
+    type_url: &str,
+    sent: &SentMap,
+    sub: &Subscription,
+    resources: &BTreeMap<String, Arc<EncodedResource>>,
+    placeholders: bool,
+) -> SentMap {
+    let mut view = BTreeMap::new();
+    if sub.is_wildcard() {
+        view.extend(resources.iter().map(|(n, r)| (n.clone(), r.clone())));
+    }
+    for name in sub.names() {
+        if let Some(r) = resources.get(name) {
+            view.insert(name.clone(), r.clone());
+            continue;
+        }
+        // A name the client already has real content for keeps it (SotW cannot delete
+        // endpoints or routes; during make-before-break the old cluster still needs them).
+        let has_real = sent.get(name).is_some_and(|r| !r.is_placeholder());
+        if placeholders && !has_real {
+            if let Some(p) = placeholder(type_url, name) {
+                view.insert(name.clone(), p);
+            }
+        }
+    }
+    view
+}
+
+/// The response `type_url` needs, if any, for a client that has `sent` and subscribes to
+/// `sub`. `full`: answer with the whole view even if nothing changed.
+fn compute_plan(
+    type_url: &str,
+    sent: &Arc<SentMap>,
+    sub: &Subscription,
+    resources: &TypeResources,
+    placeholders: bool,
+    full: bool,
+) -> Option<Plan> {
+    let view = view(type_url, sent, sub, resources.resources(), placeholders);
+    let changed: Vec<Arc<EncodedResource>> = view
+        .values()
+        .filter(|r| sent.get(r.name()).map(|s| s.version()) != Some(r.version()))
+        .cloned()
+        .collect();
+    let full_state = is_full_state(type_url);
+    let removed = full_state && sent.keys().any(|n| !view.contains_key(n));
+    if !full && changed.is_empty() && !removed {
+        return None;
+    }
+    let version = resources.version().to_string();
+    let warming = !changed.is_empty();
+    let (resources, sent) = if full_state {
+        (view.values().cloned().collect(), Arc::new(view))
+    } else {
+        let resources: Vec<Arc<EncodedResource>> = if full {
+            view.values().cloned().collect()
+        } else {
+            changed
+        };
+        let sent = if resources.is_empty() {
+            sent.clone()
+        } else {
+            let mut next = (**sent).clone();
+            for r in &resources {
+                next.insert(r.name().to_string(), r.clone());
+            }
+            Arc::new(next)
+        };
+        (resources, sent)
+    };
+    Some(Plan {
+        names: Arc::new(resources.iter().map(|r| r.name().to_string()).collect()),
+        resources,
+        sent,
+        version,
+        warming,
+    })
+}
+
+/// [`compute_plan`], computed once per (what the client has, subscription, flags) and
+/// shared through `resources`' memo by every stream in that position.
+pub(crate) fn shared_plan(
+    type_url: &str,
+    sent: &Arc<SentMap>,
+    sub: &Subscription,
+    resources: &Arc<TypeResources>,
+    placeholders: bool,
+    full: bool,
+) -> Option<Arc<Plan>> {
+    let names = sub.shared_names();
+    let wildcard = sub.is_wildcard();
+    let mut memo = resources
+        .sotw_plans
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let hit = memo.iter().find(|(k, _)| {
+        std::ptr::eq(k.sent.as_ptr(), Arc::as_ptr(sent))
+            && std::ptr::eq(k.names.as_ptr(), Arc::as_ptr(names))
+            && k.wildcard == wildcard
+            && k.placeholders == placeholders
+            && k.full == full
+            && k.type_url == type_url
+    });
+    if let Some((_, plan)) = hit {
+        return plan.clone();
+    }
+    // Computed under the lock: streams arriving meanwhile wait and then share the result.
+    let plan = compute_plan(type_url, sent, sub, resources, placeholders, full).map(Arc::new);
+    memo.retain(|(k, _)| k.sent.strong_count() > 0 && k.names.strong_count() > 0);
+    if memo.len() >= SOTW_PLAN_MEMO {
+        memo.remove(0);
+    }
+    memo.push((
+        PlanKey {
+            type_url: type_url.to_string(),
+            sent: Arc::downgrade(sent),
+            names: Arc::downgrade(names),
+            wildcard,
+            placeholders,
+            full,
+        },
+        plan.clone(),
+    ));
+    plan
 }
 
 pub(crate) struct SotwProtocol {
@@ -74,101 +269,39 @@ impl SotwProtocol {
         }
     }
 
-    /// What the client should have of `type_url` now.
-    fn view(
-        &self,
-        type_url: &str,
-        state: &TypeState,
-        snapshot: &Snapshot,
-    ) -> BTreeMap<String, Arc<EncodedResource>> {
-        let resources = snapshot.resources(type_url);
-        let mut view = BTreeMap::new();
-        if state.sub.is_wildcard() {
-            view.extend(resources.iter().map(|(n, r)| (n.clone(), r.clone())));
-        }
-        for name in state.sub.names() {
-            if let Some(r) = resources.get(name) {
-                view.insert(name.clone(), r.clone());
-                continue;
-            }
-            // A name the client already has real content for keeps it (SotW cannot delete
-            // endpoints or routes; during make-before-break the old cluster still needs them).
-            let has_real = state.sent.get(name).is_some_and(|r| !r.is_placeholder());
-            if self.ctx.options.placeholders_for_missing && !has_real {
-                if let Some(p) = placeholder(type_url, name) {
-                    view.insert(name.clone(), p);
-                }
-            }
-        }
-        view
-    }
-
-    /// The response `type_url` needs, if any. `full`: answer with the whole view even if
-    /// nothing changed.
+    /// The response `type_url` needs, if any (shared with streams in the same position).
+    /// `full`: answer with the whole view even if nothing changed.
     fn plan(
         &self,
         type_url: &str,
         state: &TypeState,
         snapshot: &Snapshot,
         full: bool,
-    ) -> Option<Plan> {
-        let view = self.view(type_url, state, snapshot);
-        let changed: Vec<Arc<EncodedResource>> = view
-            .values()
-            .filter(|r| state.sent.get(r.name()).map(|s| s.version()) != Some(r.version()))
-            .cloned()
-            .collect();
-        let full_state = is_full_state(type_url);
-        let removed = full_state && state.sent.keys().any(|n| !view.contains_key(n));
-        if !full && changed.is_empty() && !removed {
-            return None;
-        }
-        let version = snapshot.version(type_url).to_string();
-        if full_state {
-            return Some(Plan {
-                resources: view.values().cloned().collect(),
-                sent: view,
-                version,
-            });
-        }
-        let mut sent = state.sent.clone();
-        let resources = if full {
-            view.values().cloned().collect()
-        } else {
-            changed
-        };
-        for r in &resources {
-            sent.insert(r.name().to_string(), r.clone());
-        }
-        Some(Plan {
-            resources,
-            sent,
-            version,
-        })
+    ) -> Option<Arc<Plan>> {
+        shared_plan(
+            type_url,
+            &state.sent,
+            &state.sub,
+            snapshot.type_resources(type_url),
+            self.ctx.options.placeholders_for_missing,
+            full,
+        )
     }
 
-    fn commit(&mut self, type_url: &str, plan: Plan) -> SotwWire {
+    fn commit(&mut self, type_url: &str, plan: Arc<Plan>) -> SotwWire {
         let nonce = self.ctx.next_nonce();
-        let names: Vec<String> = plan
-            .resources
-            .iter()
-            .map(|r| r.name().to_string())
-            .collect();
         let Some(state) = self.types.get_mut(type_url) else {
             // Invariant: plans are only made for types that have a state.
             unreachable!("commit for a type without state");
         };
         // Did this response add or change a cluster/listener (which Envoy then warms)?
-        let warming = plan
-            .resources
-            .iter()
-            .any(|r| state.sent.get(r.name()).map(|s| s.version()) != Some(r.version()));
-        state.sent = plan.sent;
+        let warming = plan.warming;
+        state.sent = plan.sent.clone();
         state.pending = true;
         state.last = Some(Last {
             nonce: nonce.clone(),
             version: plan.version.clone(),
-            names,
+            names: plan.names.clone(),
         });
         if type_url == resource::ENDPOINT || type_url == resource::ROUTE {
             state.force = false;
@@ -184,8 +317,8 @@ impl SotwProtocol {
             }
         }
         let wire = SotwWire {
-            version_info: plan.version,
-            resources: plan.resources,
+            version_info: plan.version.clone(),
+            resources: plan.resources.clone(),
             type_url: type_url.to_string(),
             nonce,
             control_plane: self.ctx.control_plane.clone(),
@@ -231,11 +364,17 @@ impl SotwProtocol {
 
     /// `type_url` was evaluated against snapshot `version`: with nothing outstanding, the
     /// proxy is in sync with it.
-    fn reconciled(&mut self, type_url: &str, version: &str) {
+    fn reconciled(&mut self, type_url: &str, resources: &Arc<TypeResources>) {
         let Some(state) = self.types.get_mut(type_url) else {
             return;
         };
+        let version = resources.version();
         state.view_version = Some(version.to_string());
+        state.base = Some((
+            resources.clone(),
+            state.sub.shared_names().clone(),
+            state.sub.is_wildcard(),
+        ));
         if state.last.is_some() && !state.pending && !state.nacked {
             let v = version.to_string();
             self.ctx
@@ -290,9 +429,21 @@ impl Protocol for SotwProtocol {
             Some(_) if req.error_detail.is_some() => RequestKind::Nack,
             Some(_) => RequestKind::Ack,
         };
+        let before = (state.sub.shared_names().clone(), state.sub.is_wildcard());
         let added: BTreeSet<String> = state.sub.apply_sotw(&req.resource_names, legacy);
         let sub = &state.sub;
-        state.sent.retain(|name, _| sub.covers(name));
+        let sub_changed =
+            !Arc::ptr_eq(&before.0, sub.shared_names()) || before.1 != sub.is_wildcard();
+        if sub_changed && state.sent.keys().any(|name| !sub.covers(name)) {
+            state.sent = Arc::new(
+                state
+                    .sent
+                    .iter()
+                    .filter(|(name, _)| sub.covers(name))
+                    .map(|(n, r)| (n.clone(), r.clone()))
+                    .collect(),
+            );
+        }
         let force = state.force;
         self.ctx.handle.metrics().request(&type_url, kind);
         match kind {
@@ -317,7 +468,7 @@ impl Protocol for SotwProtocol {
                 let (version, names) = state
                     .last
                     .as_ref()
-                    .map(|l| (l.version.clone(), l.names.clone()))
+                    .map(|l| (l.version.clone(), (*l.names).clone()))
                     .unwrap_or_default();
                 let message = req
                     .error_detail
@@ -367,7 +518,7 @@ impl Protocol for SotwProtocol {
         };
         let full = kind == RequestKind::Initial || (kind == RequestKind::Ack && force);
         if kind == RequestKind::Nack && added.is_empty() {
-            self.reconciled(&type_url, snapshot.version(&type_url));
+            self.reconciled(&type_url, snapshot.type_resources(&type_url));
             return Ok(Vec::new());
         }
         let state = &self.types[&type_url];
@@ -375,7 +526,7 @@ impl Protocol for SotwProtocol {
             Some(plan) => vec![self.commit(&type_url, plan)],
             None => Vec::new(),
         };
-        self.reconciled(&type_url, snapshot.version(&type_url));
+        self.reconciled(&type_url, snapshot.type_resources(&type_url));
         Ok(out)
     }
 
@@ -383,14 +534,26 @@ impl Protocol for SotwProtocol {
         let previous = self.snapshot.replace(snapshot.clone());
         let mut order: Vec<String> = self.types.keys().cloned().collect();
         order.sort_by(|a, b| push_rank(a).cmp(&push_rank(b)));
+        // Types reconciled against these very resources with this subscription: their
+        // answer cannot have changed, skip them without looking at a resource.
+        let mut skip: BTreeSet<String> = BTreeSet::new();
         for type_url in &order {
+            let resources = snapshot.type_resources(type_url);
+            let Some(state) = self.types.get_mut(type_url) else {
+                continue;
+            };
+            if state.in_sync_with(resources) {
+                // Same content in a new allocation: hold the new one (the old snapshot can go).
+                if let Some((base, _, _)) = state.base.as_mut() {
+                    if !Arc::ptr_eq(base, resources) {
+                        *base = resources.clone();
+                    }
+                }
+                skip.insert(type_url.clone());
+            }
             // `missing` can only change when names come or go.
             let names_changed = previous.as_ref().is_none_or(|p| {
-                TypeResources::diff(
-                    p.type_resources(type_url),
-                    snapshot.type_resources(type_url),
-                )
-                .names_changed
+                TypeResources::diff(p.type_resources(type_url), resources).names_changed
             });
             if names_changed && !self.types[type_url].sub.names().is_empty() {
                 self.record_subscription(type_url);
@@ -401,26 +564,32 @@ impl Protocol for SotwProtocol {
         // Make-before-break: keep clusters that are going away until routes and listeners
         // that may still point at them have been replaced.
         let mut cds_final = false;
-        if self.ctx.ads {
+        if self.ctx.ads && !skip.contains(resource::CLUSTER) {
             if let Some(cds) = self
                 .types
                 .get(resource::CLUSTER)
                 .filter(|s| s.last.is_some())
             {
-                let view = self.view(resource::CLUSTER, cds, &snapshot);
+                // CDS is full state: the full plan's `sent` is the view.
+                let view = self
+                    .plan(resource::CLUSTER, cds, &snapshot, true)
+                    .map(|p| p.sent.clone())
+                    .unwrap_or_else(empty_sent);
                 let leaving: Vec<(String, Arc<EncodedResource>)> = cds
                     .sent
                     .iter()
                     .filter(|(n, _)| !view.contains_key(*n))
                     .map(|(n, r)| (n.clone(), r.clone()))
                     .collect();
-                let routing_changes = [resource::LISTENER, resource::ROUTE].iter().any(|t| {
-                    self.types
-                        .get(*t)
-                        .is_some_and(|s| self.plan(t, s, &snapshot, s.last.is_none()).is_some())
-                });
-                if !leaving.is_empty() && routing_changes {
-                    let mut union = view;
+                let routing_changes = !leaving.is_empty()
+                    && [resource::LISTENER, resource::ROUTE].iter().any(|t| {
+                        !skip.contains(*t)
+                            && self.types.get(*t).is_some_and(|s| {
+                                self.plan(t, s, &snapshot, s.last.is_none()).is_some()
+                            })
+                    });
+                if routing_changes {
+                    let mut union = (*view).clone();
                     union.extend(leaving);
                     let same = union.len() == cds.sent.len()
                         && union.iter().all(|(n, r)| {
@@ -432,12 +601,17 @@ impl Protocol for SotwProtocol {
                             "{}-keep",
                             set_version(union.iter().map(|(n, r)| (n.as_str(), r.version())))
                         );
+                        let warming = union.iter().any(|(n, r)| {
+                            cds.sent.get(n).map(|s| s.version()) != Some(r.version())
+                        });
                         let plan = Plan {
                             resources: union.values().cloned().collect(),
-                            sent: union,
+                            names: Arc::new(union.keys().cloned().collect()),
+                            sent: Arc::new(union),
                             version,
+                            warming,
                         };
-                        out.push(self.commit(resource::CLUSTER, plan));
+                        out.push(self.commit(resource::CLUSTER, Arc::new(plan)));
                     }
                     cds_final = true;
                 }
@@ -445,22 +619,124 @@ impl Protocol for SotwProtocol {
         }
 
         for type_url in &order {
-            if cds_final && type_url == resource::CLUSTER {
+            if skip.contains(type_url) || (cds_final && type_url == resource::CLUSTER) {
                 continue;
             }
             let state = &self.types[type_url];
             if let Some(plan) = self.plan(type_url, state, &snapshot, state.last.is_none()) {
                 out.push(self.commit(type_url, plan));
             }
-            self.reconciled(type_url, snapshot.version(type_url));
+            self.reconciled(type_url, snapshot.type_resources(type_url));
         }
         if cds_final {
             let state = &self.types[resource::CLUSTER];
             if let Some(plan) = self.plan(resource::CLUSTER, state, &snapshot, false) {
                 out.push(self.commit(resource::CLUSTER, plan));
             }
-            self.reconciled(resource::CLUSTER, snapshot.version(resource::CLUSTER));
+            self.reconciled(resource::CLUSTER, snapshot.type_resources(resource::CLUSTER));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::resource::{CLUSTER, ROUTE};
+
+    fn snap(items: &[(&str, &str, &[u8])]) -> Snapshot {
+        Snapshot::from_encoded(items.iter().map(|(t, n, v)| (*t, *n, v.to_vec())))
+            .expect("test snapshot names are unique and non-empty")
+    }
+
+    fn names(plan: &Plan) -> Vec<&str> {
+        plan.resources.iter().map(|r| r.name()).collect()
+    }
+
+    fn sub(names: &[&str]) -> Subscription {
+        let mut s = Subscription::default();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        s.apply_sotw(&names, false);
+        s
+    }
+
+    #[test]
+    fn streams_in_the_same_position_share_one_plan() {
+        let s1 = snap(&[(ROUTE, "80", b"a"), (ROUTE, "81", b"a"), (ROUTE, "82", b"a")]);
+        let s2 = snap(&[(ROUTE, "80", b"b"), (ROUTE, "81", b"a"), (ROUTE, "82", b"a")]);
+        let (one, two) = (sub(&["80", "81"]), sub(&["81", "80"]));
+        let first = |s: &Subscription| {
+            shared_plan(
+                ROUTE,
+                &empty_sent(),
+                s,
+                s1.type_resources(ROUTE),
+                true,
+                true,
+            )
+            .expect("a first request is always answered")
+        };
+        let (p1, p2) = (first(&one), first(&two));
+        assert!(Arc::ptr_eq(&p1, &p2), "one plan for both streams");
+        assert_eq!(names(&p1), ["80", "81"]);
+        // Both now hold the same `sent`; the next change is one shared plan again, with
+        // only the changed route.
+        let next = |s: &Subscription| {
+            shared_plan(
+                ROUTE,
+                &p1.sent,
+                s,
+                s2.type_resources(ROUTE),
+                true,
+                false,
+            )
+            .expect("route 80 changed")
+        };
+        let (n1, n2) = (next(&one), next(&two));
+        assert!(Arc::ptr_eq(&n1, &n2));
+        assert_eq!(names(&n1), ["80"]);
+        assert_eq!(n1.version, s2.version(ROUTE));
+        // Another subscription gets its own answer: 82 is not covered, so nothing to send.
+        let other = sub(&["81", "82"]);
+        let p3 = first(&other);
+        assert!(!Arc::ptr_eq(&p1, &p3));
+        let none = shared_plan(
+            ROUTE,
+            &p3.sent,
+            &other,
+            s2.type_resources(ROUTE),
+            true,
+            false,
+        );
+        assert!(none.is_none(), "neither 81 nor 82 changed");
+    }
+
+    #[test]
+    fn full_state_plans_carry_the_whole_view_and_the_removal() {
+        let s1 = snap(&[(CLUSTER, "a", b"1"), (CLUSTER, "b", b"1")]);
+        let s2 = snap(&[(CLUSTER, "a", b"1")]);
+        let mut wildcard = Subscription::default();
+        wildcard.apply_sotw(&[], true);
+        let p1 = shared_plan(
+            CLUSTER,
+            &empty_sent(),
+            &wildcard,
+            s1.type_resources(CLUSTER),
+            true,
+            true,
+        )
+        .expect("first answer");
+        assert!(p1.warming);
+        let p2 = shared_plan(
+            CLUSTER,
+            &p1.sent,
+            &wildcard,
+            s2.type_resources(CLUSTER),
+            true,
+            false,
+        )
+        .expect("b was removed");
+        assert_eq!(names(&p2), ["a"], "full state: what remains");
+        assert!(!p2.warming, "nothing new to warm");
     }
 }
