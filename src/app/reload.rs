@@ -277,88 +277,42 @@ fn unchanged<T: PartialEq>(new: &[T], old: &[T], name: impl Fn(&T) -> &str) -> V
         .collect()
 }
 
-/// [`xds::build_with_config_source`] of `model`, taking the protos of the model elements equal
-/// to those of `previous` (the model and resources of a build with the same `config_source`)
-/// from it instead of building them again: each proto is a function of its model element and
-/// the config source alone. Same result (tested).
+/// [`xds::build_with_config_source`] of `model`, and which of its resources are those of
+/// `previous` (the model and resources of a build with the same `config_source`): the ones
+/// whose model element is equal to the previous one of the same name, as each proto is a
+/// function of its model element and the config source alone. (Building again is cheaper than
+/// cloning the previous protos; what the marks save is the encoding.) Tested.
 pub(super) fn build_reusing(
     model: &shadowplane_translator::ir::Model,
     config_source: &shadowplane_translator::ConfigSourceKind,
     previous: Option<(&shadowplane_translator::ir::Model, &Resources)>,
 ) -> (Resources, Reused) {
+    let resources = xds::build_with_config_source(model, config_source);
     let Some((old_model, old)) = previous else {
-        return (
-            xds::build_with_config_source(model, config_source),
-            Reused::default(),
-        );
+        return (resources, Reused::default());
     };
-    let listeners_from = unchanged(&model.listeners, &old_model.listeners, |l| &l.name);
-    let routes_from = unchanged(&model.route_configs, &old_model.route_configs, |r| &r.name);
-    let clusters_from = unchanged(&model.clusters, &old_model.clusters, |c| &c.name);
-    let listeners = model
-        .listeners
-        .iter()
-        .zip(&listeners_from)
-        .map(|(l, from)| match from.and_then(|i| old.listeners.get(i)) {
-            Some(built) => built.clone(),
-            None => xds::listener::build_listener_with_config_source(l, config_source),
-        })
-        .collect();
-    let routes = model
-        .route_configs
-        .iter()
-        .zip(&routes_from)
-        .map(|(r, from)| match from.and_then(|i| old.routes.get(i)) {
-            Some(built) => built.clone(),
-            None => xds::route::build_route_configuration(r),
-        })
-        .collect();
-    let clusters = model
-        .clusters
-        .iter()
-        .zip(&clusters_from)
-        .map(|(c, from)| match from.and_then(|i| old.clusters.get(i)) {
-            Some(built) => built.clone(),
-            None => xds::cluster::build_cluster_with_config_source(c, config_source),
-        })
-        .collect();
-    let old_endpoints: BTreeMap<&str, &_> = old
+    let listeners = unchanged(&model.listeners, &old_model.listeners, |l| &l.name);
+    let routes = unchanged(&model.route_configs, &old_model.route_configs, |r| &r.name);
+    let clusters = unchanged(&model.clusters, &old_model.clusters, |c| &c.name);
+    let old_endpoints: std::collections::BTreeSet<&str> = old
         .endpoints
         .iter()
-        .map(|e| (e.cluster_name.as_str(), e))
+        .map(|e| e.cluster_name.as_str())
         .collect();
-    let mut reused_endpoints = std::collections::BTreeSet::new();
-    let mut endpoints: Vec<_> = model
+    let endpoints = model
         .clusters
         .iter()
-        .zip(&clusters_from)
-        .filter(|(c, _)| c.discovery == shadowplane_translator::ir::Discovery::Eds)
-        .map(
-            |(c, from)| match from.and_then(|_| old_endpoints.get(c.name.as_str())) {
-                Some(built) => {
-                    reused_endpoints.insert(c.name.clone());
-                    (*built).clone()
-                }
-                None => xds::endpoint::build_cluster_load_assignment(c),
-            },
-        )
+        .zip(&clusters)
+        .filter(|(c, same)| same.is_some() && old_endpoints.contains(c.name.as_str()))
+        .map(|(c, _)| c.name.clone())
         .collect();
-    endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
     let reused = Reused {
-        listeners: listeners_from.iter().map(Option::is_some).collect(),
-        routes: routes_from.iter().map(Option::is_some).collect(),
-        clusters: clusters_from.iter().map(Option::is_some).collect(),
-        endpoints: reused_endpoints,
+        listeners: listeners.iter().map(Option::is_some).collect(),
+        routes: routes.iter().map(Option::is_some).collect(),
+        clusters: clusters.iter().map(Option::is_some).collect(),
+        endpoints,
     };
-    (
-        Resources {
-            listeners,
-            routes,
-            clusters,
-            endpoints,
-        },
-        reused,
-    )
+    (resources, reused)
 }
 
 /// [`finish_translation`], building with [`build_reusing`] from `previous` (a translation with
