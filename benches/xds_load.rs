@@ -51,7 +51,12 @@
 //!   measured by one probe client first);
 //! - memory: server `VmRSS` before any client (after the config is loaded and the probe has
 //!   gone) and with N clients synced and idle; (RSS_N − RSS_0) / N per client; peak `VmHWM`;
-//!   the server's idle CPU with N clients connected.
+//!   the server's idle CPU with N clients connected. The clients read their streams without
+//!   tonic's codec (whose buffers keep the largest message each stream carried), so this process
+//!   stays well under a GB at 10,000 clients and the ramp is not stopped by its own memory.
+//!   `XDS_LOAD_PAUSE_S=<s>` waits that long (printing the server's pid) between RSS_0 and the
+//!   first client: time to attach a heap profiler, e.g. `heaptrack -p <pid>`, whose "leaked"
+//!   figures after a `kill -9` at the end are then what the clients hold.
 //!
 //! ## `envoy`: a real Envoy
 //! Envoy (`--envoy-bin`, else `ENVOY_BIN`, else `.venv/bin/envoy`, else `envoy` on PATH) on an
@@ -73,7 +78,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -99,10 +103,9 @@ use shadowplane_translator::{Options, SourceFile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
+use tokio_stream::StreamExt as _;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Status};
+use tonic::Status;
 
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -120,8 +123,6 @@ const SOTW_ADS: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_ADS: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
-/// Largest response a client accepts (the 1,000-service route configuration is a few MB).
-const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 const NAMESPACES: usize = 100;
 const CHANGED_VS: &str = "svc-0-vs.yaml";
 
@@ -778,54 +779,6 @@ async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Stri
 
 // ============================== the xDS client ==============================
 
-/// Responses as raw bytes (their size is what the client received); requests encoded by prost.
-struct RawCodec<Req>(PhantomData<fn() -> Req>);
-
-impl<Req> Default for RawCodec<Req> {
-    fn default() -> Self {
-        RawCodec(PhantomData)
-    }
-}
-
-struct RequestEncoder<Req>(PhantomData<fn() -> Req>);
-
-impl<Req: Message + 'static> Encoder for RequestEncoder<Req> {
-    type Item = Req;
-    type Error = Status;
-
-    fn encode(&mut self, item: Req, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("encode request: {e}")))
-    }
-}
-
-struct RawDecoder;
-
-impl Decoder for RawDecoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        let len = src.remaining();
-        Ok(Some(src.copy_to_bytes(len)))
-    }
-}
-
-impl<Req: Message + Send + 'static> Codec for RawCodec<Req> {
-    type Encode = Req;
-    type Decode = Bytes;
-    type Encoder = RequestEncoder<Req>;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RequestEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawDecoder
-    }
-}
-
 /// Fields 1 (version / system_version_info), 4 (type_url) and 5 (nonce), which
 /// `DiscoveryResponse` and `DeltaDiscoveryResponse` share; the resources are skipped.
 #[derive(Debug, Default)]
@@ -1036,24 +989,112 @@ fn node(client: u32, vhds: bool) -> Node {
     }
 }
 
+/// Length of the gRPC message header: compressed flag (1) + length (4, big endian).
+const GRPC_HEADER: usize = 5;
+
+/// The responses of one client stream, read straight off the HTTP/2 body. Not tonic's
+/// `Streaming`: its decode buffer keeps the capacity of the largest response it ever held
+/// (the cluster response is ~1 MB), so 10,000 idle clients pinned ~10 GB in this process and
+/// the ramp stopped on the machine's free memory long before the server was measured. Here a
+/// message shares the buffer it was read into and the buffer is let go once empty, so an idle
+/// client holds nothing.
+struct Inbound {
+    body: tonic::body::Body,
+    buf: bytes::BytesMut,
+}
+
+impl Inbound {
+    /// The next message; `Ok(None)` when the stream ended with status OK.
+    async fn message(&mut self) -> Result<Option<Bytes>, String> {
+        use http_body_util::BodyExt;
+        loop {
+            if self.buf.len() >= GRPC_HEADER {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf[0] != 0 {
+                    return Err("compressed grpc message".into());
+                }
+                if self.buf.len() >= GRPC_HEADER + len {
+                    let mut frame = self.buf.split_to(GRPC_HEADER + len);
+                    frame.advance(GRPC_HEADER);
+                    if self.buf.is_empty() {
+                        self.buf = bytes::BytesMut::new();
+                    }
+                    return Ok(Some(frame.freeze()));
+                }
+                self.buf.reserve(GRPC_HEADER + len - self.buf.len());
+            }
+            match self.body.frame().await {
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err("the stream ended in the middle of a message".into()),
+                Some(Err(status)) => return Err(status.to_string()),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.buf.extend_from_slice(&data),
+                    Err(frame) => {
+                        if let Some(trailers) = frame.trailers_ref() {
+                            grpc_status(trailers)?;
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// `Err` for a `grpc-status` other than OK.
+fn grpc_status(headers: &tonic::codegen::http::HeaderMap) -> Result<(), String> {
+    match Status::from_header_map(headers) {
+        Some(status) if status.code() != tonic::Code::Ok => {
+            Err(format!("status {:?}: {}", status.code(), status.message()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Open a bidirectional stream on `path`: the requests sent on `rx`, each encoded into a
+/// buffer of its own (tonic's encoder would also keep one as large as the largest request,
+/// an EDS subscription to thousands of names).
 async fn open_stream<Req: Message + Send + 'static>(
-    channel: Channel,
+    mut channel: Channel,
     path: &'static str,
     rx: mpsc::UnboundedReceiver<Req>,
-) -> Result<tonic::Streaming<Bytes>, String> {
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE);
-    grpc.ready()
+) -> Result<Inbound, String> {
+    use tonic::codegen::{http, Service};
+    let frames = UnboundedReceiverStream::new(rx).map(|req: Req| {
+        let len = req.encoded_len();
+        let mut buf = Vec::with_capacity(GRPC_HEADER + len);
+        buf.push(0);
+        buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+        // Encoding into a Vec with room for it cannot fail.
+        let _ = req.encode(&mut buf);
+        Ok::<_, Status>(hyper::body::Frame::data(Bytes::from(buf)))
+    });
+    let mut request = http::Request::new(tonic::body::Body::new(http_body_util::StreamBody::new(
+        frames,
+    )));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = http::Uri::from_static(path);
+    let headers = request.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
         .await
         .map_err(|e| format!("connection not ready: {e}"))?;
-    let response = grpc
-        .streaming(
-            Request::new(UnboundedReceiverStream::new(rx)),
-            PathAndQuery::from_static(path),
-            RawCodec::<Req>::default(),
-        )
+    let response = channel
+        .call(request)
         .await
-        .map_err(|s| format!("open ADS stream: {s}"))?;
-    Ok(response.into_inner())
+        .map_err(|e| format!("open ADS stream: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("open ADS stream: HTTP {}", response.status()));
+    }
+    grpc_status(response.headers()).map_err(|e| format!("open ADS stream: {e}"))?;
+    Ok(Inbound {
+        body: response.into_body(),
+        buf: bytes::BytesMut::new(),
+    })
 }
 
 /// One delta ADS client, Envoy's order; runs until the stream ends.
@@ -1081,7 +1122,7 @@ async fn delta_client(
     while let Some(bytes) = inbound
         .message()
         .await
-        .map_err(|s| format!("stream: {s}"))?
+        .map_err(|e| format!("stream: {e}"))?
     {
         let received = Instant::now();
         let head = Head::decode(bytes.as_ref()).map_err(|e| format!("decode response: {e}"))?;
@@ -1191,7 +1232,7 @@ async fn sotw_client(
     while let Some(bytes) = inbound
         .message()
         .await
-        .map_err(|s| format!("stream: {s}"))?
+        .map_err(|e| format!("stream: {e}"))?
     {
         let received = Instant::now();
         let head = Head::decode(bytes.as_ref()).map_err(|e| format!("decode response: {e}"))?;
@@ -1482,6 +1523,14 @@ async fn load(args: &Args) -> Result<Value, String> {
     let (full_push, full_by_type) = probe_full_push(server.xds).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss0 = status_kib(pid, "VmRSS")?;
+    if let Some(pause) = std::env::var("XDS_LOAD_PAUSE_S")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        // Time to attach a profiler (e.g. `heaptrack -p <pid>`) to the idle server.
+        eprintln!("  pausing {pause} s before the clients (XDS_LOAD_PAUSE_S), server pid {pid}");
+        tokio::time::sleep(Duration::from_secs(pause)).await;
+    }
 
     // Connections, then the clients.
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -91,7 +91,8 @@ impl Plan {
 
 pub(crate) struct DeltaProtocol {
     ctx: StreamCtx,
-    types: BTreeMap<String, TypeState>,
+    /// Boxed: a map node has room for 11 entries and a stream uses four or five types.
+    types: BTreeMap<String, Box<TypeState>>,
     snapshot: Option<Arc<Snapshot>>,
 }
 

@@ -28,6 +28,7 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::{Code, Status};
 
+use super::stream::Outbound;
 use super::wire::{ChunkedMessage, Chunks};
 
 /// Length of the gRPC message header: compressed flag (1) + length (4, big endian).
@@ -142,13 +143,13 @@ fn trailers(status: &Status) -> http::HeaderMap {
 /// The HTTP response of a streaming call: the messages the stream's task sends on `rx`, then
 /// `grpc-status` trailers (the task's error, or OK when it ends).
 pub(crate) fn response<M: ChunkedMessage + Send + 'static>(
-    rx: mpsc::Receiver<Result<M, Status>>,
+    rx: mpsc::Receiver<Outbound<M>>,
 ) -> http::Response<Body> {
     let frames = futures::stream::unfold(Some(rx), |rx| async move {
         let mut rx = rx?;
         let frames = match rx.recv().await {
             Some(Ok(message)) => {
-                let data = data_chunks(&message).into_iter().map(Frame::data);
+                let data = data_chunks(&*message).into_iter().map(Frame::data);
                 return Some((futures::stream::iter(data.collect::<Vec<_>>()), Some(rx)));
             }
             Some(Err(status)) => vec![Frame::trailers(trailers(&status))],

@@ -234,7 +234,8 @@ pub struct MetricsSnapshot {
 #[derive(Debug)]
 struct StreamRecord {
     status: ProxyStatus,
-    types: BTreeMap<String, TypeStatus>,
+    /// Boxed: a map node has room for 11 entries and a stream uses four or five types.
+    types: BTreeMap<String, Box<TypeStatus>>,
     /// Per type, the group swap (unix ms) whose first push was already reported.
     push_seen: BTreeMap<String, u64>,
     /// Per type, the subscription: wildcard and the explicit names, shared with the stream
@@ -324,7 +325,7 @@ impl ProxyRegistry {
                     .types
                     .values()
                     .map(|t| {
-                        let mut t = t.clone();
+                        let mut t = TypeStatus::clone(t);
                         if let Some((wildcard, names)) = r.subs.get(&t.type_url) {
                             t.subscribed = Vec::with_capacity(names.len() + 1);
                             if *wildcard {
@@ -567,10 +568,10 @@ impl StreamHandle {
         if !r.types.contains_key(type_url) {
             r.types.insert(
                 type_url.to_string(),
-                TypeStatus {
+                Box::new(TypeStatus {
                     type_url: type_url.to_string(),
                     ..Default::default()
-                },
+                }),
             );
         }
         let Some(entry) = r.types.get_mut(type_url) else {

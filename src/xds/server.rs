@@ -32,7 +32,7 @@ use super::grpc::{self, Inbound};
 use super::registry::{ProxyRegistry, Transport};
 use super::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use super::sotw::SotwProtocol;
-use super::stream::{self, Shared, StreamCtx};
+use super::stream::{self, Outbound, Shared, StreamCtx};
 use super::wire::{DeltaWire, SotwWire};
 use super::ServerOptions;
 
@@ -82,7 +82,7 @@ fn dispatch(
                 Transport::SotwAds
             };
             let inbound = Inbound::<DiscoveryRequest>::new(req.into_body(), max_request);
-            let (tx, rx) = mpsc::channel::<Result<SotwWire, Status>>(buffer);
+            let (tx, rx) = mpsc::channel::<Outbound<SotwWire>>(buffer);
             let handle = stream::open(&shared, transport);
             let ctx = StreamCtx::new(handle, &shared, transport, fixed);
             tokio::spawn(stream::run(shared, SotwProtocol::new(ctx), inbound, tx));
@@ -95,7 +95,7 @@ fn dispatch(
                 Transport::DeltaAds
             };
             let inbound = Inbound::<DeltaDiscoveryRequest>::new(req.into_body(), max_request);
-            let (tx, rx) = mpsc::channel::<Result<DeltaWire, Status>>(buffer);
+            let (tx, rx) = mpsc::channel::<Outbound<DeltaWire>>(buffer);
             let handle = stream::open(&shared, transport);
             let ctx = StreamCtx::new(handle, &shared, transport, fixed);
             tokio::spawn(stream::run(shared, DeltaProtocol::new(ctx), inbound, tx));
