@@ -3,17 +3,13 @@
 //! `ConfigError` (an error) or `ConfigWarning`, reporting controller `shadowplane`, the note
 //! the diagnostic's code, field path, message and hint.
 //!
-//! Each distinct diagnostic is posted once while it lasts: a reload that reports it again
-//! posts nothing; once it is gone and comes back, it is posted again.
+//! This module says what an Event carries; `crate::app::kube_events` posts them (one Event per
+//! distinct diagnostic, shared by replicas).
 
-use std::collections::BTreeSet;
-
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::Client;
+use kube::runtime::events::{Event, EventType};
 use shadowplane_translator::{Diagnostic, Severity};
 
 use super::convert::PATH_PREFIX;
-use super::References;
 
 /// The reporting controller of the Events.
 pub const REPORTER: &str = "shadowplane";
@@ -21,61 +17,12 @@ pub const REPORTER: &str = "shadowplane";
 /// Kubernetes caps an Event's note at 1 kB.
 const MAX_NOTE_BYTES: usize = 1024;
 
-/// Posts Events for the diagnostics of each applied config.
-pub struct EventPoster {
-    recorder: Recorder,
-    references: References,
-    /// Diagnostics posted (or not postable) for the latest config, by [`key`].
-    posted: BTreeSet<String>,
-}
-
-impl EventPoster {
-    pub fn new(client: Client, references: References) -> EventPoster {
-        EventPoster {
-            recorder: Recorder::new(client, Reporter::from(REPORTER)),
-            references,
-            posted: BTreeSet::new(),
-        }
-    }
-
-    /// Post every error and warning about a Kubernetes object in `diagnostics` that the
-    /// previous call did not already post. A failed post is logged and tried again on the
-    /// next call.
-    pub async fn post(&mut self, diagnostics: &[Diagnostic]) {
-        let mut current = BTreeSet::new();
-        for d in diagnostics.iter().filter(|d| is_postable(d)) {
-            let key = key(d);
-            if !current.insert(key.clone()) || self.posted.contains(&key) {
-                continue;
-            }
-            let Some(path) = d.location.as_ref().map(|l| l.file.as_str()) else {
-                continue;
-            };
-            let Some(reference) = self.references.get(path) else {
-                tracing::debug!(%path, "no Kubernetes object for this diagnostic; no Event posted");
-                continue;
-            };
-            let event = event_for(d);
-            if let Err(e) = self.recorder.publish(&event, &reference).await {
-                tracing::warn!(%path, error = %e, "cannot post a Kubernetes Event for a config error; it is still logged and on /debug/errors (the service account needs create and patch on events.k8s.io events)");
-                current.remove(&key);
-            }
-        }
-        self.posted = current;
-    }
-}
-
 /// An error or warning located in a Kubernetes object.
 pub fn is_postable(d: &Diagnostic) -> bool {
     d.severity != Severity::Info
         && d.location
             .as_ref()
             .is_some_and(|l| l.file.starts_with(PATH_PREFIX))
-}
-
-/// What makes two diagnostics the same: their printed form (location, code, message, hint).
-fn key(d: &Diagnostic) -> String {
-    d.to_string()
 }
 
 /// The Event of a diagnostic.
