@@ -1142,11 +1142,12 @@ async fn o6_sotw_change_sends_only_changed_types_shared_between_streams() {
     let server = Server::start().await;
     server.set(base());
     let mut one = server.ads().await;
-    let mut two = server.ads_as(Node {
-        id: "proxy-two".into(),
-        ..Default::default()
-    })
-    .await;
+    let mut two = server
+        .ads_as(Node {
+            id: "proxy-two".into(),
+            ..Default::default()
+        })
+        .await;
     subscribed_everything(&mut one).await;
     subscribed_everything(&mut two).await;
     let mut items = base_items();

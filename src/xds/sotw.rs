@@ -633,7 +633,10 @@ impl Protocol for SotwProtocol {
             if let Some(plan) = self.plan(resource::CLUSTER, state, &snapshot, false) {
                 out.push(self.commit(resource::CLUSTER, plan));
             }
-            self.reconciled(resource::CLUSTER, snapshot.type_resources(resource::CLUSTER));
+            self.reconciled(
+                resource::CLUSTER,
+                snapshot.type_resources(resource::CLUSTER),
+            );
         }
         out
     }
@@ -662,8 +665,16 @@ mod tests {
 
     #[test]
     fn streams_in_the_same_position_share_one_plan() {
-        let s1 = snap(&[(ROUTE, "80", b"a"), (ROUTE, "81", b"a"), (ROUTE, "82", b"a")]);
-        let s2 = snap(&[(ROUTE, "80", b"b"), (ROUTE, "81", b"a"), (ROUTE, "82", b"a")]);
+        let s1 = snap(&[
+            (ROUTE, "80", b"a"),
+            (ROUTE, "81", b"a"),
+            (ROUTE, "82", b"a"),
+        ]);
+        let s2 = snap(&[
+            (ROUTE, "80", b"b"),
+            (ROUTE, "81", b"a"),
+            (ROUTE, "82", b"a"),
+        ]);
         let (one, two) = (sub(&["80", "81"]), sub(&["81", "80"]));
         let first = |s: &Subscription| {
             shared_plan(
@@ -682,15 +693,8 @@ mod tests {
         // Both now hold the same `sent`; the next change is one shared plan again, with
         // only the changed route.
         let next = |s: &Subscription| {
-            shared_plan(
-                ROUTE,
-                &p1.sent,
-                s,
-                s2.type_resources(ROUTE),
-                true,
-                false,
-            )
-            .expect("route 80 changed")
+            shared_plan(ROUTE, &p1.sent, s, s2.type_resources(ROUTE), true, false)
+                .expect("route 80 changed")
         };
         let (n1, n2) = (next(&one), next(&two));
         assert!(Arc::ptr_eq(&n1, &n2));
