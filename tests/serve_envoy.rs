@@ -615,6 +615,80 @@ fn step_reset_removes_the_mirror(rig: &Rig) {
     rig.assert_routing("v2", "v1", "reset");
 }
 
+/// A change to clusters alone (a DestinationRule's connect timeout: CDS changes, every
+/// ClusterLoadAssignment stays the same) is active in Envoy at once: the re-created EDS
+/// clusters finish warming instead of waiting for endpoints that the server thinks Envoy
+/// already has (Envoy's initial fetch timeout is 15 s; this waits 5).
+fn step_cluster_change_alone_is_active_at_once(rig: &Rig) {
+    let reset = read(&repo_path("examples/calc/reset/destination-rule.yaml"));
+    let with_timeout = reset.replace(
+        "spec:\n  host: calcbackendsvc\n",
+        "spec:\n  host: calcbackendsvc\n  trafficPolicy:\n    connectionPool:\n      tcp:\n        connectTimeout: 3s\n",
+    );
+    assert_ne!(
+        with_timeout, reset,
+        "the DestinationRule gained a traffic policy"
+    );
+    let subset_v1 = format!(
+        "outbound|{}|v1|calcbackendsvc.challengeistio.svc.cluster.local",
+        rig.port
+    );
+    let active_timeout = || -> Result<String, String> {
+        let (status, body) = rig
+            .envoy
+            .admin_get("/config_dump?resource=dynamic_active_clusters");
+        if status != 200 {
+            return Err(format!("config_dump answered {status}"));
+        }
+        let dump: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["cluster"]["name"] == subset_v1.as_str())
+            .map(|c| {
+                c["cluster"]["connect_timeout"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .ok_or_else(|| format!("no active cluster {subset_v1}"))
+    };
+    let warming = || -> usize {
+        let (_, body) = rig
+            .envoy
+            .admin_get("/config_dump?resource=dynamic_warming_clusters");
+        serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|d| d["configs"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    let before = active_timeout().unwrap_or_else(|e| panic!("{e}\n{}", rig.context()));
+    assert_eq!(
+        before, "10s",
+        "Istio's default connect timeout before the change"
+    );
+    for (label, text, expected) in [("timeout", &with_timeout, "3s"), ("default", &reset, "10s")] {
+        rig.config.write("destination-rule.yaml", text);
+        eventually(
+            &format!("the {label} connect timeout is active with no cluster warming"),
+            CHANGE_TIMEOUT,
+            || {
+                let now = active_timeout()?;
+                let warming = warming();
+                if now == expected && warming == 0 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "active connect_timeout {now}, {warming} cluster(s) warming"
+                    ))
+                }
+            },
+        );
+        rig.assert_routing("v2", "v1", &format!("cluster-{label}"));
+    }
+}
+
 /// (d) A broken file: `serve` rejects it (naming the file), Envoy keeps its routing; the
 /// fix is taken again.
 fn step_broken_file_keeps_the_last_good_routing(rig: &Rig) {
@@ -853,6 +927,7 @@ fn ads_scenario(bootstrap_name: &str, api_type: &str) {
 
     step_mirror_copies_every_non_mobile_request(&rig);
     step_reset_removes_the_mirror(&rig);
+    step_cluster_change_alone_is_active_at_once(&rig);
     step_broken_file_keeps_the_last_good_routing(&rig);
     step_restart_keeps_envoy_serving_and_resyncs(&mut rig);
     step_route_changes_under_load_never_fail_a_request(&rig);

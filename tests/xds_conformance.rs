@@ -45,7 +45,7 @@
 //! | D13 | delta legacy wildcard sequence; explicit `*` | `d13_delta_wildcard_sequence` |
 //! | D14 | per-resource versions are stable content hashes | `d14_stable_resource_versions` |
 //! | O1 | ADS push order CDS → EDS → LDS → RDS (SotW and delta) | `o1_ads_push_order`, `o1_delta_ads_push_order` |
-//! | O2 | EDS answered after a CDS change, even unchanged (ADS only: a per-type EDS stream cannot see the CDS push) | `o2_eds_answered_while_cluster_warms` |
+//! | O2 | EDS answered after a CDS change, even unchanged (ADS only: a per-type EDS stream cannot see the CDS push); delta: the push resends a changed cluster's assignment | `o2_eds_answered_while_cluster_warms`, `o2_delta_eds_resent_for_a_changed_cluster` |
 //! | O3 | never hold EDS/RDS; empty placeholder for unknown names | `o3_unknown_names_answered_with_placeholders` |
 //! | O4 | make-before-break: removed clusters go after routes (send order within one push; ACK-gated phases across pushes are the serve pipeline's, `src/app.rs`) | `o4_make_before_break`, `o4_delta_make_before_break` |
 //! | O5 | listener before its route; route answered while listener warms | `o5_route_answered_while_listener_warms` |
@@ -1064,6 +1064,36 @@ async fn o2_eds_answered_while_cluster_warms() {
     // Once answered, identical requests are ACKs again.
     ads.ack(&eds, &["a", "b"]);
     ads.expect_quiet().await;
+}
+
+/// Delta ADS: Envoy re-creates a cluster whose config changed and warms it until an answer
+/// names its ClusterLoadAssignment, but sends no new EDS request (the name stays
+/// subscribed). The push that changes the cluster carries its unchanged assignment.
+#[tokio::test]
+async fn o2_delta_eds_resent_for_a_changed_cluster() {
+    let server = Server::start().await;
+    server.set(base());
+    let mut d = server.delta().await;
+    for (t, n) in [(CDS, vec![]), (EDS, vec!["a", "b"])] {
+        d.subscribe(t, &n, &[]);
+        let r = d.recv().await;
+        d.ack(&r);
+    }
+    server.set(base_with_cluster_timeout(3));
+    let cds = d.recv().await;
+    assert_eq!(cds.type_url, CDS);
+    assert_eq!(delta_names(&cds), ["a"]);
+    d.ack(&cds);
+    let eds = d.recv().await;
+    assert_eq!(eds.type_url, EDS);
+    assert_eq!(
+        delta_names(&eds),
+        ["a"],
+        "a's assignment, unchanged, is sent again"
+    );
+    assert!(eds.removed_resources.is_empty());
+    d.ack(&eds);
+    d.expect_quiet().await;
 }
 
 #[tokio::test]

@@ -24,7 +24,9 @@ use tonic::Status;
 
 use super::cache::{Snapshot, TypeResources};
 use super::registry::{now_unix_ms, NackStatus, RequestKind, SyncState};
-use super::resource::{push_rank, removal_rank, short_type, EncodedResource, VIRTUAL_HOST};
+use super::resource::{
+    push_rank, removal_rank, short_type, EncodedResource, CLUSTER, ENDPOINT, VIRTUAL_HOST,
+};
 use super::stream::{Protocol, StreamCtx};
 use super::subscription::{Subscription, WILDCARD};
 use super::wire::DeltaWire;
@@ -122,6 +124,28 @@ impl TypeState {
             .collect();
         self.known = Known::Names { known, told_absent };
     }
+}
+
+/// The `ClusterLoadAssignment` name an EDS cluster waits for (`eds_cluster_config.service_name`,
+/// else the cluster's name); `None` for other clusters.
+fn eds_service_name(cluster: &EncodedResource) -> Option<String> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    let decoded = Cluster::decode(cluster.to_any().value.as_slice()).ok()?;
+    let eds = matches!(
+        decoded.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
+    );
+    if !eds {
+        return None;
+    }
+    let service_name = decoded
+        .eds_cluster_config
+        .map(|c| c.service_name)
+        .filter(|n| !n.is_empty());
+    Some(service_name.unwrap_or(decoded.name))
 }
 
 fn plan(type_url: &str, state: &TypeState, snapshot: &Snapshot) -> Plan {
@@ -321,6 +345,29 @@ impl DeltaProtocol {
         if let Some(state) = self.types.get_mut(type_url) {
             state.known = Known::Synced(base.clone());
             state.force.clear();
+        }
+    }
+
+    /// Envoy re-creates a cluster whose config changed and warms it until an answer names its
+    /// `ClusterLoadAssignment`; over delta it does not ask again (the name stays subscribed),
+    /// and the EDS clusters we make have no initial fetch timeout, so a cluster change whose
+    /// endpoints did not change would warm for ever (seen with Envoy 1.40: a DestinationRule's
+    /// connect timeout never applied). Resend the load assignment of every EDS cluster in
+    /// `clusters` with this push's endpoints, changed or not.
+    fn force_endpoints_of(&mut self, clusters: &[Arc<EncodedResource>]) {
+        let Some(state) = self.types.get_mut(ENDPOINT) else {
+            return;
+        };
+        if !state.requested {
+            return;
+        }
+        for cluster in clusters {
+            let Some(name) = eds_service_name(cluster) else {
+                continue;
+            };
+            if state.sub.covers(&name) {
+                state.force.insert(name);
+            }
         }
     }
 
@@ -570,6 +617,9 @@ impl Protocol for DeltaProtocol {
             }
             let deferred = removals.iter().any(|(t, _)| t == type_url);
             let base = snapshot.type_resources(type_url).clone();
+            if self.ctx.ads && type_url == CLUSTER && !first {
+                self.force_endpoints_of(&plan.upserts);
+            }
             if !plan.is_empty() || first {
                 out.push(self.commit(type_url, plan, &base, !deferred));
             } else if !deferred {
