@@ -307,10 +307,11 @@ fn cluster_role_only_reads_except_posting_events() {
     expected.insert((String::new(), "services".into()), read.clone());
     expected.insert((String::new(), "pods".into()), read.clone());
     expected.insert(("discovery.k8s.io".into(), "endpointslices".into()), read);
-    // kube's event recorder posts events.k8s.io/v1 Events: create, then patch a repeat.
+    // events.k8s.io/v1 Events: create; get the one another replica (or this one before a
+    // restart) created; patch a recurrence or a heartbeat on it.
     expected.insert(
         ("events.k8s.io".into(), "events".into()),
-        ["create", "patch"].map(String::from).into(),
+        ["create", "get", "patch"].map(String::from).into(),
     );
     assert_eq!(granted, expected);
 }

@@ -368,10 +368,18 @@ fn refuses_what_the_real_api_server_refuses() {
         "the refused create stored nothing: {:#?}",
         server.events()
     );
-    // The deployed role does not read Events at all.
+    // The deployed role reads an Event by name (a replica whose create got AlreadyExists
+    // records a recurrence on it), as the events.k8s.io/v1 JSON; it does not list them.
+    let (status, read) = get("/apis/events.k8s.io/v1/namespaces/demo/events/calc.1");
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["apiVersion"], "events.k8s.io/v1", "{read}");
+    assert_eq!(read["kind"], "Event", "{read}");
+    assert_eq!(read["metadata"]["name"], "calc.1", "{read}");
+    assert!(read["metadata"]["resourceVersion"].is_string(), "{read}");
+    assert_eq!(read["regarding"]["name"], "calc", "{read}");
     assert_refused(
         &server,
-        get("/apis/events.k8s.io/v1/namespaces/demo/events/calc.1"),
+        get("/apis/events.k8s.io/v1/namespaces/demo/events"),
         403,
         "Forbidden",
     );

@@ -785,11 +785,87 @@ fn a_bad_virtual_service_is_reported_on_the_object_and_the_last_good_config_keep
         warning["note"].as_str().is_some_and(|n| n.contains("v4")),
         "{warning:#}"
     );
+    // Reported once while it lasts: one create per Event (the VirtualService's and the
+    // DestinationRule's), never a create that finds it already there, nor a patch.
+    std::thread::sleep(Duration::from_secs(1));
+    let event_requests = |method: &str, status: u16| {
+        rig.api
+            .requests()
+            .iter()
+            .filter(|r| r.method == method && r.status == status)
+            .filter(|r| r.path().starts_with("/apis/events.k8s.io/"))
+            .count()
+    };
+    assert_eq!(rig.api.events().len(), 2, "{:#?}", rig.api.events());
+    assert_eq!(event_requests("POST", 201), 2, "one create per Event");
+    assert_eq!(
+        event_requests("POST", 409),
+        0,
+        "no create of an existing Event"
+    );
+    assert_eq!(event_requests("PATCH", 200), 0, "nothing recurred");
     // Fixed: the new route applies and the errors clear.
     rig.api.apply(&virtual_service("v1", "v2", None));
     rig.wait_answered_by(&["v2"], "fixed");
     let errors = rig.serve.get("/debug/errors");
     assert!(errors.starts_with("no config errors"), "{errors}");
+
+    // A rollout: the replica that created the Event is replaced by two new ones, which never
+    // wrote it, and the Event was last written long ago (its TTL would delete it soon). The
+    // error comes back: the new replicas' creates get AlreadyExists; the recurrence is still
+    // recorded on the Event (series count 2), once, with both replicas live.
+    let mut rig = rig;
+    rig.serve = Serve::start(&rig.kubeconfig, &[]);
+    rig.serve.wait_ready();
+    let mut second = Serve::start(&rig.kubeconfig, &[]);
+    second.wait_ready();
+    let mut old = reported[0].clone();
+    old["eventTime"] = json!("2026-01-01T00:00:00.000000Z");
+    rig.api.apply(&old);
+    rig.api.apply(&bad);
+    let vs_events = || -> Vec<Value> {
+        rig.api
+            .events()
+            .into_iter()
+            .filter(|e| {
+                e["regarding"]["kind"] == "VirtualService" && e["regarding"]["name"] == "calc"
+            })
+            .collect()
+    };
+    eventually(
+        "the recurrence after the rollout is recorded on the Event",
+        CHANGE_TIMEOUT,
+        || {
+            let events = vs_events();
+            match events.as_slice() {
+                [e] if e["series"]["count"] == 2 => Ok(()),
+                _ => Err(format!("{events:#?}")),
+            }
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n--- second replica ---\n{}",
+            rig.context(),
+            second.tail()
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let events = vs_events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(
+        events[0]["metadata"]["name"],
+        reported[0]["metadata"]["name"]
+    );
+    assert_eq!(
+        events[0]["series"]["count"], 2,
+        "one occurrence, counted once by two live replicas: {events:#?}"
+    );
+    assert!(
+        events[0]["series"]["lastObservedTime"].is_string(),
+        "{events:#?}"
+    );
+    drop(second);
     rig.finish();
 }
 
@@ -1072,10 +1148,72 @@ fn two_replicas_on_one_api_server_serve_identical_versions() {
     assert_eq!(again["eventTime"], first["eventTime"], "{again:#}");
     assert!(again["series"]["lastObservedTime"].is_string(), "{again:#}");
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(event_writes("PATCH", 200), 1, "only the creator patches");
+    assert_eq!(
+        event_writes("PATCH", 200),
+        1,
+        "the recurrence is recorded once"
+    );
     assert_eq!(vs_events().len(), 1);
     assert_eq!(vs_events()[0]["series"]["count"], 2);
+
+    // A rollout: the error is fixed, replica b is replaced by a new replica c that never
+    // wrote the Event, and the Event was last written long ago by a replica that is gone
+    // (rewritten in the stand-in, so replica a's remembered version is stale too). The error
+    // comes back: the recurrence is still recorded, once (count 3), by whichever replica
+    // reads the Event first; the other sees it just observed (or gets 409 Conflict on its
+    // precondition) and leaves it.
+    rig.api.apply(&virtual_service("v1", "v2", None));
+    eventually("both replicas serve the fix", CHANGE_TIMEOUT, || {
+        for (who, serve) in [("a", &rig.serve), ("b", &second)] {
+            let errors = serve.get("/debug/errors");
+            if !errors.starts_with("no config errors") {
+                return Err(format!("replica {who}: {errors}"));
+            }
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", rig.context()));
     drop(envoy_b);
+    drop(second);
+    let mut third = Serve::start(&rig.kubeconfig, &[]);
+    third.wait_ready();
+    let mut old = vs_events().remove(0);
+    old["series"]["lastObservedTime"] = json!("2026-01-01T00:00:00.000000Z");
+    old["eventTime"] = json!("2026-01-01T00:00:00.000000Z");
+    old["reportingInstance"] = json!("shadowplane-gone");
+    rig.api.apply(&old);
+    rig.api.apply(&bad);
+    eventually(
+        "the recurrence after the rollout is recorded",
+        CHANGE_TIMEOUT,
+        || {
+            let events = vs_events();
+            match events.as_slice() {
+                [e] if e["series"]["count"] == 3 => Ok(()),
+                _ => Err(format!("{events:#?}")),
+            }
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n--- replica c ---\n{}",
+            rig.context(),
+            third.tail()
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let events = vs_events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(
+        events[0]["series"]["count"], 3,
+        "one occurrence, counted once by two live replicas: {events:#?}"
+    );
+    assert_eq!(events[0]["metadata"]["name"], first["metadata"]["name"]);
+    assert_ne!(
+        events[0]["series"]["lastObservedTime"], "2026-01-01T00:00:00.000000Z",
+        "{events:#?}"
+    );
+    assert_eq!(event_writes("PATCH", 200), 2, "one PATCH per recurrence");
     rig.finish();
 }
 

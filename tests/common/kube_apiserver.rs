@@ -42,8 +42,9 @@
 //! Strictness: every request the real server would refuse is answered with the real error
 //! Status JSON (401, 403, 404, 405, 400, 409, 415, 422, 406 as Kubernetes does) and recorded in
 //! [`KubeApiServer::rejections`], except the answers that are the protocol working rather than a
-//! client mistake: 410 Expired after compaction, and 409 AlreadyExists for a create whose name
-//! exists (replicas that name the same Event alike rely on it). Two things the real server accepts silently are recorded too
+//! client mistake: 410 Expired after compaction, 409 AlreadyExists for a create whose name
+//! exists (replicas that name the same Event alike rely on it), and 409 Conflict for a write
+//! whose `metadata.resourceVersion` precondition failed (optimistic concurrency). Two things the real server accepts silently are recorded too
 //! (answered as the real server answers them): an unknown query parameter (ignored by the real
 //! server) and an unknown field in a written body (dropped with a `Warning` header). Every
 //! end-to-end test asserts [`KubeApiServer::assert_no_rejections`] at its end.
@@ -1189,6 +1190,25 @@ impl ApiError {
             409,
             "AlreadyExists",
             format!("{} \"{name}\" already exists", group_resource(def)),
+        )
+        .details(details);
+        e.expected = true;
+        e
+    }
+
+    /// A write whose `metadata.resourceVersion` precondition failed: `errors.NewConflict`
+    /// (details as [`ApiError::already_exists`]). Not a client mistake: optimistic
+    /// concurrency working (replicas recording the same Event occurrence), so it is not
+    /// recorded as a rejection.
+    fn conflict(def: &ResourceDef, name: &str) -> ApiError {
+        let mut details = json!({"name": name, "kind": def.plural});
+        if !def.group.is_empty() {
+            details["group"] = json!(def.group);
+        }
+        let mut e = ApiError::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", group_resource(def)),
         )
         .details(details);
         e.expected = true;
@@ -3505,12 +3525,7 @@ fn update_event(
         .ok_or_else(|| ApiError::not_found(target.def, &name))?;
     if let Some(rv) = body_rv.filter(|r| !r.is_empty()) {
         if old["metadata"]["resourceVersion"].as_str() != Some(rv.as_str()) {
-            return Err(ApiError::new(
-                409,
-                "Conflict",
-                format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", group_resource(target.def)),
-            )
-            .details(json!({"name": name, "group": target.def.group, "kind": target.def.plural})));
+            return Err(ApiError::conflict(target.def, &name));
         }
     }
     let new = to_stored_event(target, &event);
@@ -3609,11 +3624,7 @@ fn patch_event(
     }
     if let Some(rv) = patch["metadata"]["resourceVersion"].as_str() {
         if old["metadata"]["resourceVersion"].as_str() != Some(rv) {
-            return Err(ApiError::new(
-                409,
-                "Conflict",
-                format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", group_resource(target.def)),
-            ));
+            return Err(ApiError::conflict(target.def, &name));
         }
     }
     let mut new = to_stored_event(target, &shown);
