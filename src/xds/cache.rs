@@ -108,6 +108,13 @@ impl TypeResources {
         }
     }
 
+    /// Whether this `TypeResources` keeps memos: not the process-wide empty one that every
+    /// snapshot lacking a type shares (a memo there would live, and pin what it holds,
+    /// forever).
+    pub(crate) fn keeps_memos(&self) -> bool {
+        !std::ptr::eq(self, Arc::as_ptr(empty_type()))
+    }
+
     /// Hash of the sorted (name, content hash) pairs: identical content gives an identical
     /// version on every run and every replica.
     pub fn version(&self) -> &str {

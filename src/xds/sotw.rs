@@ -106,11 +106,20 @@ impl TypeState {
 pub(crate) struct Plan {
     resources: Vec<Arc<EncodedResource>>,
     names: Arc<Vec<String>>,
-    sent: Arc<SentMap>,
+    /// What the client has after this response; `None`: what it had before (a plan never
+    /// holds its own key, the `sent` map it was computed from, alive).
+    sent: Option<Arc<SentMap>>,
     version: String,
     /// The response adds or changes a resource the client had (for CDS/LDS on ADS: Envoy
     /// warms it and waits for EDS/RDS).
     warming: bool,
+}
+
+impl Plan {
+    /// What the client has after this response, given what it had before.
+    fn sent_after(&self, before: &Arc<SentMap>) -> Arc<SentMap> {
+        self.sent.clone().unwrap_or_else(|| before.clone())
+    }
 }
 
 /// What a memoized plan was computed from: pointer identities (held weakly: a live `Weak`
@@ -180,7 +189,7 @@ fn compute_plan(
     let version = resources.version().to_string();
     let warming = !changed.is_empty();
     let (resources, sent) = if full_state {
-        (view.values().cloned().collect(), Arc::new(view))
+        (view.values().cloned().collect(), Some(Arc::new(view)))
     } else {
         let resources: Vec<Arc<EncodedResource>> = if full {
             view.values().cloned().collect()
@@ -188,13 +197,13 @@ fn compute_plan(
             changed
         };
         let sent = if resources.is_empty() {
-            sent.clone()
+            None
         } else {
             let mut next = (**sent).clone();
             for r in &resources {
                 next.insert(r.name().to_string(), r.clone());
             }
-            Arc::new(next)
+            Some(Arc::new(next))
         };
         (resources, sent)
     };
@@ -208,7 +217,10 @@ fn compute_plan(
 }
 
 /// [`compute_plan`], computed once per (what the client has, subscription, flags) and
-/// shared through `resources`' memo by every stream in that position.
+/// shared through `resources`' memo by every stream in that position. The memo is only
+/// consulted and filled under its lock; the plan is computed outside it (two streams that
+/// miss at once both compute, and the second uses the first one's entry). The process-wide
+/// empty `TypeResources` (a type a snapshot lacks) keeps no memo: it never goes away.
 pub(crate) fn shared_plan(
     type_url: &str,
     sent: &Arc<SentMap>,
@@ -217,25 +229,38 @@ pub(crate) fn shared_plan(
     placeholders: bool,
     full: bool,
 ) -> Option<Arc<Plan>> {
+    if !resources.keeps_memos() {
+        return compute_plan(type_url, sent, sub, resources, placeholders, full).map(Arc::new);
+    }
     let names = sub.shared_names();
     let wildcard = sub.is_wildcard();
-    let mut memo = resources
-        .sotw_plans
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let hit = memo.iter().find(|(k, _)| {
-        std::ptr::eq(k.sent.as_ptr(), Arc::as_ptr(sent))
-            && std::ptr::eq(k.names.as_ptr(), Arc::as_ptr(names))
-            && k.wildcard == wildcard
-            && k.placeholders == placeholders
-            && k.full == full
-            && k.type_url == type_url
-    });
-    if let Some((_, plan)) = hit {
-        return plan.clone();
+    let lookup = |memo: &[SotwPlanEntry]| {
+        memo.iter()
+            .find(|(k, _)| {
+                std::ptr::eq(k.sent.as_ptr(), Arc::as_ptr(sent))
+                    && std::ptr::eq(k.names.as_ptr(), Arc::as_ptr(names))
+                    && k.wildcard == wildcard
+                    && k.placeholders == placeholders
+                    && k.full == full
+                    && k.type_url == type_url
+            })
+            .map(|(_, plan)| plan.clone())
+    };
+    let lock = || {
+        resources
+            .sotw_plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    };
+    if let Some(plan) = lookup(&lock()) {
+        return plan;
     }
-    // Computed under the lock: streams arriving meanwhile wait and then share the result.
     let plan = compute_plan(type_url, sent, sub, resources, placeholders, full).map(Arc::new);
+    let mut memo = lock();
+    if let Some(theirs) = lookup(&memo) {
+        // Another stream in the same position got here first: share its plan.
+        return theirs;
+    }
     memo.retain(|(k, _)| k.sent.strong_count() > 0 && k.names.strong_count() > 0);
     if memo.len() >= SOTW_PLAN_MEMO {
         memo.remove(0);
@@ -296,7 +321,7 @@ impl SotwProtocol {
         };
         // Did this response add or change a cluster/listener (which Envoy then warms)?
         let warming = plan.warming;
-        state.sent = plan.sent.clone();
+        state.sent = plan.sent_after(&state.sent);
         state.pending = true;
         state.last = Some(Last {
             nonce: nonce.clone(),
@@ -573,7 +598,7 @@ impl Protocol for SotwProtocol {
                 // CDS is full state: the full plan's `sent` is the view.
                 let view = self
                     .plan(resource::CLUSTER, cds, &snapshot, true)
-                    .map(|p| p.sent.clone())
+                    .and_then(|p| p.sent.clone())
                     .unwrap_or_else(empty_sent);
                 let leaving: Vec<(String, Arc<EncodedResource>)> = cds
                     .sent
@@ -607,7 +632,7 @@ impl Protocol for SotwProtocol {
                         let plan = Plan {
                             resources: union.values().cloned().collect(),
                             names: Arc::new(union.keys().cloned().collect()),
-                            sent: Arc::new(union),
+                            sent: Some(Arc::new(union)),
                             version,
                             warming,
                         };
@@ -693,8 +718,15 @@ mod tests {
         // Both now hold the same `sent`; the next change is one shared plan again, with
         // only the changed route.
         let next = |s: &Subscription| {
-            shared_plan(ROUTE, &p1.sent, s, s2.type_resources(ROUTE), true, false)
-                .expect("route 80 changed")
+            shared_plan(
+                ROUTE,
+                &p1.sent_after(&empty_sent()),
+                s,
+                s2.type_resources(ROUTE),
+                true,
+                false,
+            )
+            .expect("route 80 changed")
         };
         let (n1, n2) = (next(&one), next(&two));
         assert!(Arc::ptr_eq(&n1, &n2));
@@ -706,13 +738,64 @@ mod tests {
         assert!(!Arc::ptr_eq(&p1, &p3));
         let none = shared_plan(
             ROUTE,
-            &p3.sent,
+            &p3.sent_after(&empty_sent()),
             &other,
             s2.type_resources(ROUTE),
             true,
             false,
         );
         assert!(none.is_none(), "neither 81 nor 82 changed");
+    }
+
+    #[test]
+    fn memoized_plans_do_not_keep_an_old_sent_map_alive() {
+        let s1 = snap(&[(ROUTE, "80", b"a")]);
+        // 80 is gone (and no placeholders): a full answer sends nothing new and leaves what
+        // the client has as it was.
+        let s2 = snap(&[(ROUTE, "81", b"a")]);
+        let s3 = snap(&[(ROUTE, "80", b"b")]);
+        let one = sub(&["80"]);
+        let old = shared_plan(
+            ROUTE,
+            &empty_sent(),
+            &one,
+            s1.type_resources(ROUTE),
+            false,
+            true,
+        )
+        .expect("first answer")
+        .sent_after(&empty_sent());
+        let weak_old = Arc::downgrade(&old);
+        let p2 = shared_plan(ROUTE, &old, &one, s2.type_resources(ROUTE), false, true)
+            .expect("a full answer");
+        assert!(p2.resources.is_empty());
+        assert!(Arc::ptr_eq(&p2.sent_after(&old), &old), "sent unchanged");
+        let p3 = shared_plan(ROUTE, &old, &one, s3.type_resources(ROUTE), false, false)
+            .expect("80 is back with new content");
+        let new = p3.sent_after(&old);
+        assert!(!Arc::ptr_eq(&new, &old));
+        // The stream moved on and the snapshot that produced `old` is gone; s2 (whose memo
+        // was keyed by `old`), s3 and p2 are still alive.
+        drop((old, s1));
+        assert!(
+            weak_old.upgrade().is_none(),
+            "no memo or plan holds the old sent map"
+        );
+        drop((p2, p3, new));
+    }
+
+    #[test]
+    fn a_type_the_snapshot_lacks_keeps_no_memo() {
+        let s = snap(&[(CLUSTER, "a", b"1")]);
+        let empty = s.type_resources(ROUTE);
+        let plan = shared_plan(ROUTE, &empty_sent(), &sub(&["80"]), empty, true, true)
+            .expect("a first request is always answered");
+        assert_eq!(names(&plan), ["80"], "a placeholder for the missing route");
+        let memo = empty.sotw_plans.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            memo.is_empty(),
+            "the shared empty resources memoize nothing"
+        );
     }
 
     #[test]
@@ -733,7 +816,7 @@ mod tests {
         assert!(p1.warming);
         let p2 = shared_plan(
             CLUSTER,
-            &p1.sent,
+            &p1.sent_after(&empty_sent()),
             &wildcard,
             s2.type_resources(CLUSTER),
             true,
