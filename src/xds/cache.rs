@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::registry::Transport;
 use super::resource::{self, set_version, EncodedResource};
-use super::sotw::SotwPlanEntry;
+use super::sotw::{SotwFilterEntry, SotwPlanEntry};
 
 /// Errors building a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +43,9 @@ pub struct TypeResources {
     /// had and what it subscribes to: streams with the same subscription and the same
     /// last response share one plan (see `sotw::shared_plan`). A few entries, newest last.
     pub(crate) sotw_plans: Mutex<Vec<SotwPlanEntry>>,
+    /// What the client has, cut down to a narrower subscription, memoized the same way so
+    /// that streams dropping the same names keep sharing one `sent` map (and so one plan).
+    pub(crate) sotw_filters: Mutex<Vec<SotwFilterEntry>>,
 }
 
 /// How many SotW plans a `TypeResources` remembers (distinct subscriptions beyond that
@@ -105,6 +108,7 @@ impl TypeResources {
             resources,
             diffs: Mutex::new(Vec::new()),
             sotw_plans: Mutex::new(Vec::new()),
+            sotw_filters: Mutex::new(Vec::new()),
         }
     }
 

@@ -136,6 +136,70 @@ pub(crate) struct PlanKey {
 /// A memo entry on a [`TypeResources`]: `None` means "nothing to send".
 pub(crate) type SotwPlanEntry = (PlanKey, Option<Arc<Plan>>);
 
+/// A memoized cut of a `sent` map to a subscription: (from, names, wildcard) → result.
+pub(crate) type SotwFilterEntry = (
+    Weak<SentMap>,
+    Weak<std::collections::BTreeSet<String>>,
+    bool,
+    Arc<SentMap>,
+);
+
+/// `sent` without the names `sub` no longer covers; streams making the same cut with
+/// `resources` current share the result (so they keep sharing plans afterwards).
+fn shared_filter(
+    sent: &Arc<SentMap>,
+    sub: &Subscription,
+    resources: Option<&Arc<TypeResources>>,
+) -> Arc<SentMap> {
+    let compute = || -> Arc<SentMap> {
+        Arc::new(
+            sent.iter()
+                .filter(|(name, _)| sub.covers(name))
+                .map(|(n, r)| (n.clone(), r.clone()))
+                .collect(),
+        )
+    };
+    let Some(resources) = resources.filter(|r| r.keeps_memos()) else {
+        return compute();
+    };
+    let names = sub.shared_names();
+    let wildcard = sub.is_wildcard();
+    let lookup = |memo: &[SotwFilterEntry]| {
+        memo.iter()
+            .find(|(s, n, w, _)| {
+                std::ptr::eq(s.as_ptr(), Arc::as_ptr(sent))
+                    && std::ptr::eq(n.as_ptr(), Arc::as_ptr(names))
+                    && *w == wildcard
+            })
+            .map(|(_, _, _, out)| out.clone())
+    };
+    let lock = || {
+        resources
+            .sotw_filters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    };
+    if let Some(out) = lookup(&lock()) {
+        return out;
+    }
+    let out = compute();
+    let mut memo = lock();
+    if let Some(theirs) = lookup(&memo) {
+        return theirs;
+    }
+    memo.retain(|(s, n, _, _)| s.strong_count() > 0 && n.strong_count() > 0);
+    if memo.len() >= SOTW_PLAN_MEMO {
+        memo.remove(0);
+    }
+    memo.push((
+        Arc::downgrade(sent),
+        Arc::downgrade(names),
+        wildcard,
+        out.clone(),
+    ));
+    out
+}
+
 /// What the client should have of `type_url` now.
 fn view(
     type_url: &str,
@@ -460,14 +524,8 @@ impl Protocol for SotwProtocol {
         let sub_changed =
             !Arc::ptr_eq(&before.0, sub.shared_names()) || before.1 != sub.is_wildcard();
         if sub_changed && state.sent.keys().any(|name| !sub.covers(name)) {
-            state.sent = Arc::new(
-                state
-                    .sent
-                    .iter()
-                    .filter(|(name, _)| sub.covers(name))
-                    .map(|(n, r)| (n.clone(), r.clone()))
-                    .collect(),
-            );
+            let resources = self.snapshot.as_ref().map(|s| s.type_resources(&type_url));
+            state.sent = shared_filter(&state.sent, sub, resources);
         }
         let force = state.force;
         self.ctx.handle.metrics().request(&type_url, kind);
@@ -796,6 +854,41 @@ mod tests {
             memo.is_empty(),
             "the shared empty resources memoize nothing"
         );
+    }
+
+    #[test]
+    fn streams_dropping_the_same_names_keep_sharing_plans() {
+        let s1 = snap(&[(ROUTE, "80", b"a"), (ROUTE, "81", b"a")]);
+        let s2 = snap(&[(ROUTE, "80", b"b"), (ROUTE, "81", b"b")]);
+        let both = sub(&["80", "81"]);
+        let had = shared_plan(
+            ROUTE,
+            &empty_sent(),
+            &both,
+            s1.type_resources(ROUTE),
+            true,
+            true,
+        )
+        .expect("first answer")
+        .sent_after(&empty_sent());
+        // Two streams each unsubscribe 81 on their own.
+        let (one, two) = (sub(&["80"]), sub(&["80"]));
+        let current = Some(s1.type_resources(ROUTE));
+        let (f1, f2) = (
+            shared_filter(&had, &one, current),
+            shared_filter(&had, &two, current),
+        );
+        assert!(Arc::ptr_eq(&f1, &f2), "one cut map for both streams");
+        assert_eq!(f1.keys().collect::<Vec<_>>(), ["80"]);
+        let p1 = shared_plan(ROUTE, &f1, &one, s2.type_resources(ROUTE), true, false)
+            .expect("80 changed");
+        let p2 = shared_plan(ROUTE, &f2, &two, s2.type_resources(ROUTE), true, false)
+            .expect("80 changed");
+        assert!(
+            Arc::ptr_eq(&p1, &p2),
+            "still one plan after the unsubscribe"
+        );
+        assert_eq!(names(&p1), ["80"]);
     }
 
     #[test]
