@@ -126,28 +126,6 @@ impl TypeState {
     }
 }
 
-/// The `ClusterLoadAssignment` name an EDS cluster waits for (`eds_cluster_config.service_name`,
-/// else the cluster's name); `None` for other clusters.
-fn eds_service_name(cluster: &EncodedResource) -> Option<String> {
-    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-        ClusterDiscoveryType, DiscoveryType,
-    };
-    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-    let decoded = Cluster::decode(cluster.to_any().value.as_slice()).ok()?;
-    let eds = matches!(
-        decoded.cluster_discovery_type,
-        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
-    );
-    if !eds {
-        return None;
-    }
-    let service_name = decoded
-        .eds_cluster_config
-        .map(|c| c.service_name)
-        .filter(|n| !n.is_empty());
-    Some(service_name.unwrap_or(decoded.name))
-}
-
 fn plan(type_url: &str, state: &TypeState, snapshot: &Snapshot) -> Plan {
     let (known, told_absent) = match &state.known {
         Known::Synced(base) if state.force.is_empty() => {
@@ -361,12 +339,9 @@ impl DeltaProtocol {
         if !state.requested {
             return;
         }
-        for cluster in clusters {
-            let Some(name) = eds_service_name(cluster) else {
-                continue;
-            };
-            if state.sub.covers(&name) {
-                state.force.insert(name);
+        for name in clusters.iter().filter_map(|c| c.eds_service_name()) {
+            if state.sub.covers(name) {
+                state.force.insert(name.to_string());
             }
         }
     }

@@ -74,6 +74,9 @@ pub struct EncodedResource {
     any: Bytes,
     /// True for a placeholder the server made up for a requested name that does not exist.
     placeholder: bool,
+    /// For an EDS cluster: the `ClusterLoadAssignment` name it waits for, read once here
+    /// rather than decoded per stream per push ([`Self::eds_service_name`]).
+    eds_service_name: Option<String>,
 }
 
 impl fmt::Debug for EncodedResource {
@@ -88,6 +91,27 @@ impl fmt::Debug for EncodedResource {
     }
 }
 
+/// The `ClusterLoadAssignment` name an encoded Cluster of type EDS waits for.
+fn eds_service_name(cluster: &[u8]) -> Option<String> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    let decoded = Cluster::decode(cluster).ok()?;
+    let eds = matches!(
+        decoded.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
+    );
+    if !eds {
+        return None;
+    }
+    let service_name = decoded
+        .eds_cluster_config
+        .map(|c| c.service_name)
+        .filter(|n| !n.is_empty());
+    Some(service_name.unwrap_or(decoded.name))
+}
+
 /// The version given to placeholders; real versions are hex, so it never collides.
 pub const PLACEHOLDER_VERSION: &str = "placeholder";
 
@@ -96,6 +120,11 @@ impl EncodedResource {
     pub fn new(type_url: impl Into<String>, name: impl Into<String>, value: Vec<u8>) -> Self {
         let type_url = type_url.into();
         let version = content_version(&type_url, &value);
+        let eds_service_name = if type_url == CLUSTER {
+            eds_service_name(&value)
+        } else {
+            None
+        };
         let any = Any {
             type_url: type_url.clone(),
             value,
@@ -107,6 +136,7 @@ impl EncodedResource {
             version,
             any: Bytes::from(any),
             placeholder: false,
+            eds_service_name,
         }
     }
 
@@ -134,6 +164,12 @@ impl EncodedResource {
 
     pub fn is_placeholder(&self) -> bool {
         self.placeholder
+    }
+
+    /// For a Cluster of type EDS: the `ClusterLoadAssignment` it waits for
+    /// (`eds_cluster_config.service_name`, else the cluster's name). `None` otherwise.
+    pub fn eds_service_name(&self) -> Option<&str> {
+        self.eds_service_name.as_deref()
     }
 
     /// Decode the `Any` back (tests, diagnostics).
@@ -193,6 +229,32 @@ pub fn set_version<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) ->
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    #[test]
+    fn eds_clusters_name_the_assignment_they_wait_for() {
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+            ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+        };
+        let eds = |service_name: &str| Cluster {
+            name: "outbound|80||a".into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            eds_cluster_config: Some(EdsClusterConfig {
+                service_name: service_name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let named = EncodedResource::from_message("outbound|80||a", &eds("a-endpoints"));
+        assert_eq!(named.eds_service_name(), Some("a-endpoints"));
+        let unnamed = EncodedResource::from_message("outbound|80||a", &eds(""));
+        assert_eq!(unnamed.eds_service_name(), Some("outbound|80||a"));
+        let static_cluster = Cluster {
+            name: "s".into(),
+            ..Default::default()
+        };
+        let s = EncodedResource::from_message("s", &static_cluster);
+        assert_eq!(s.eds_service_name(), None);
+    }
 
     #[test]
     fn same_content_same_version_different_content_different_version() {
