@@ -1785,51 +1785,25 @@ fn envoy_bin(args: &Args) -> Result<PathBuf, String> {
     })
 }
 
+/// The real Envoy's bootstrap: the translator's ADS bootstrap (what `envoy-configs/` and the
+/// demo run) to the server's xDS port, node metadata `VHDS: "true"` with `vhds`, printed as
+/// JSON (which Envoy reads as YAML).
 fn envoy_bootstrap(mode: Mode, xds_port: u16, vhds: bool) -> String {
-    let api = match mode {
-        Mode::Delta => "DELTA_GRPC",
-        Mode::Sotw => "GRPC",
-    };
-    let metadata = if vhds {
-        "\n  metadata: { VHDS: \"true\" }"
-    } else {
-        ""
-    };
-    format!(
-        "node:
-  id: xds-load-envoy
-  cluster: xds-load{metadata}
-admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-dynamic_resources:
-  ads_config:
-    api_type: {api}
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services:
-      - envoy_grpc: {{ cluster_name: xds_cluster }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-    - name: xds_cluster
-      type: STATIC
-      connect_timeout: 1s
-      typed_extension_protocol_options:
-        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-          \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-          explicit_http_config:
-            http2_protocol_options: {{}}
-      load_assignment:
-        cluster_name: xds_cluster
-        endpoints:
-          - lb_endpoints:
-              - endpoint:
-                  address:
-                    socket_address: {{ address: 127.0.0.1, port_value: {xds_port} }}
-"
-    )
+    use shadowplane_translator::xds::{ads_bootstrap, AdsBootstrapOptions};
+    let bootstrap = ads_bootstrap(&AdsBootstrapOptions {
+        node_id: "xds-load-envoy".to_string(),
+        node_cluster: "xds-load".to_string(),
+        admin_port: 0,
+        xds_port: u32::from(xds_port),
+        delta: matches!(mode, Mode::Delta),
+        ..AdsBootstrapOptions::default()
+    });
+    let mut doc = shadowplane_translator::print::to_json(&bootstrap)
+        .expect("the translator's bootstrap prints");
+    if vhds {
+        doc["node"]["metadata"] = json!({ "VHDS": "true" });
+    }
+    serde_json::to_string_pretty(&doc).expect("JSON values serialize")
 }
 
 /// An HTTP/1.1 backend that answers every request with `name`.

@@ -724,55 +724,41 @@ fn escape_regex(s: &str) -> String {
     out
 }
 
-/// `envoy --mode validate -c <file>` on `bootstrap_yaml`: `Ok(())` if Envoy accepts it, else
-/// Envoy's output (stderr and stdout). Bounded by [`ENVOY_VALIDATE_TIMEOUT`].
 /// An Envoy bootstrap on ADS (`api_type` `GRPC` or `DELTA_GRPC`) to `serve` at
 /// 127.0.0.1:`xds_port`, with node `id` and the given node metadata (string values), and an
-/// admin port the OS picks.
+/// admin port the OS picks: the translator's [`ads_bootstrap`] (what `envoy-configs/` and the
+/// demo run), printed as JSON, which Envoy reads as YAML.
+///
+/// [`ads_bootstrap`]: shadowplane_translator::xds::ads_bootstrap
 #[allow(dead_code)] // not every test binary starts an Envoy on ADS
 pub fn ads_bootstrap(xds_port: u16, api_type: &str, id: &str, metadata: &[(&str, &str)]) -> String {
-    let metadata: String = metadata
-        .iter()
-        .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
-        .collect();
-    format!(
-        "node:
-  id: {id}
-  cluster: test
-  metadata:
-{metadata}admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services:
-    - envoy_grpc: {{ cluster_name: xds_cluster }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds_cluster
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {{}}
-    load_assignment:
-      cluster_name: xds_cluster
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {xds_port} }}
-"
-    )
+    use shadowplane_translator::xds::{ads_bootstrap, AdsBootstrapOptions};
+    let delta = match api_type {
+        "GRPC" => false,
+        "DELTA_GRPC" => true,
+        other => panic!("api_type {other:?}: use GRPC or DELTA_GRPC"),
+    };
+    let bootstrap = ads_bootstrap(&AdsBootstrapOptions {
+        node_id: id.to_string(),
+        node_cluster: "test".to_string(),
+        admin_port: 0,
+        xds_port: u32::from(xds_port),
+        delta,
+        ..AdsBootstrapOptions::default()
+    });
+    let mut doc = shadowplane_translator::print::to_json(&bootstrap).expect("print the bootstrap");
+    if !metadata.is_empty() {
+        doc["node"]["metadata"] = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
+    serde_json::to_string_pretty(&doc).expect("JSON values serialize")
 }
 
+/// `envoy --mode validate -c <file>` on `bootstrap_yaml`: `Ok(())` if Envoy accepts it, else
+/// Envoy's output (stderr and stdout). Bounded by [`ENVOY_VALIDATE_TIMEOUT`].
 pub fn validate_config(bootstrap_yaml: &str) -> Result<(), String> {
     let dir = TempDir::new("validate");
     let config = dir.write("bootstrap.yaml", bootstrap_yaml);
