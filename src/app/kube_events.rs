@@ -596,6 +596,12 @@ mod tests {
         EventPoster::new(client, References::default(), heartbeat)
     }
 
+    /// The series count of the Event the mock holds.
+    fn stored_count(mock: &Mock) -> serde_json::Value {
+        let m = mock.lock().expect("not poisoned");
+        m.event.as_ref().expect("kept")["series"]["count"].clone()
+    }
+
     fn methods(mock: &Mock) -> Vec<String> {
         let mut m = mock.lock().expect("not poisoned");
         std::mem::take(&mut m.log)
@@ -641,14 +647,7 @@ mod tests {
         let mut other = poster(&mock, Duration::ZERO).await;
         other.record(&body, &key, true).await.expect("recorded");
         assert_eq!(methods(&mock), ["POST", "GET"]);
-        assert_eq!(
-            mock.lock()
-                .expect("not poisoned")
-                .event
-                .as_ref()
-                .expect("kept")["series"]["count"],
-            4
-        );
+        assert_eq!(stored_count(&mock), 4);
 
         // Heartbeat (due at once with a zero interval): the writer patches its version,
         // count unchanged.
@@ -661,14 +660,7 @@ mod tests {
         );
         p.heartbeat().await;
         assert_eq!(methods(&mock), ["PATCH"]);
-        assert_eq!(
-            mock.lock()
-                .expect("not poisoned")
-                .event
-                .as_ref()
-                .expect("kept")["series"]["count"],
-            4
-        );
+        assert_eq!(stored_count(&mock), 4);
         // Not due with the real interval.
         p.heartbeat = HEARTBEAT;
         p.heartbeat().await;
@@ -685,14 +677,7 @@ mod tests {
         );
         other.heartbeat().await;
         assert_eq!(methods(&mock), ["GET", "PATCH"]);
-        assert_eq!(
-            mock.lock()
-                .expect("not poisoned")
-                .event
-                .as_ref()
-                .expect("kept")["series"]["count"],
-            4
-        );
+        assert_eq!(stored_count(&mock), 4);
 
         // Expired: created again.
         mock.lock().expect("not poisoned").event = None;
