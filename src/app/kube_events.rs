@@ -241,7 +241,7 @@ impl EventPoster {
             match self.record(&body, &key, false).await {
                 Ok(()) => {}
                 Err(e) => {
-                    tracing::warn!(namespace = %key.0, name = %key.1, error = %e, "cannot refresh the Kubernetes Event of a lasting config error; tried again later");
+                    tracing::warn!(namespace = %key.0, name = %key.1, error = %e, "cannot refresh the Kubernetes Event of a lasting config error; tried again a heartbeat later (the service account needs create, get and patch on events.k8s.io events)");
                 }
             }
             // Also after a failure: tried again a heartbeat later, not every poll.
