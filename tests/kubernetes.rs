@@ -391,6 +391,51 @@ impl Rig {
         !copies_of(&self.v3, |p| p == path, 1, Duration::from_millis(500)).is_empty()
     }
 
+    /// The Events about the `calc` VirtualService, as the stand-in holds them.
+    fn calc_events(&self) -> Vec<Value> {
+        self.api
+            .events()
+            .into_iter()
+            .filter(|e| {
+                e["regarding"]["kind"] == "VirtualService" && e["regarding"]["name"] == "calc"
+            })
+            .collect()
+    }
+
+    /// Wait until the `calc` VirtualService has one Event whose series counts `count`, and
+    /// check 2 s later that it still has one, counted once (a recurrence recorded by two live
+    /// replicas must count once). Returns the Events; `other` is a replica whose log a failure
+    /// shows.
+    fn wait_calc_event_counted(&self, count: u64, other: (&str, &Serve)) -> Vec<Value> {
+        eventually(
+            "the recurrence after the rollout is recorded on the Event",
+            CHANGE_TIMEOUT,
+            || {
+                let events = self.calc_events();
+                match events.as_slice() {
+                    [e] if e["series"]["count"] == count => Ok(()),
+                    _ => Err(format!("{events:#?}")),
+                }
+            },
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\n{}\n--- {} ---\n{}",
+                self.context(),
+                other.0,
+                other.1.tail()
+            )
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let events = self.calc_events();
+        assert_eq!(events.len(), 1, "{events:#?}");
+        assert_eq!(
+            events[0]["series"]["count"], count,
+            "one occurrence, counted once by two live replicas: {events:#?}"
+        );
+        events
+    }
+
     fn context(&self) -> String {
         let errors = self
             .serve
@@ -823,43 +868,10 @@ fn a_bad_virtual_service_is_reported_on_the_object_and_the_last_good_config_keep
     old["eventTime"] = json!("2026-01-01T00:00:00.000000Z");
     rig.api.apply(&old);
     rig.api.apply(&bad);
-    let vs_events = || -> Vec<Value> {
-        rig.api
-            .events()
-            .into_iter()
-            .filter(|e| {
-                e["regarding"]["kind"] == "VirtualService" && e["regarding"]["name"] == "calc"
-            })
-            .collect()
-    };
-    eventually(
-        "the recurrence after the rollout is recorded on the Event",
-        CHANGE_TIMEOUT,
-        || {
-            let events = vs_events();
-            match events.as_slice() {
-                [e] if e["series"]["count"] == 2 => Ok(()),
-                _ => Err(format!("{events:#?}")),
-            }
-        },
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}\n{}\n--- second replica ---\n{}",
-            rig.context(),
-            second.tail()
-        )
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    let events = vs_events();
-    assert_eq!(events.len(), 1, "{events:#?}");
+    let events = rig.wait_calc_event_counted(2, ("second replica", &second));
     assert_eq!(
         events[0]["metadata"]["name"],
         reported[0]["metadata"]["name"]
-    );
-    assert_eq!(
-        events[0]["series"]["count"], 2,
-        "one occurrence, counted once by two live replicas: {events:#?}"
     );
     assert!(
         events[0]["series"]["lastObservedTime"].is_string(),
@@ -1058,15 +1070,6 @@ fn two_replicas_on_one_api_server_serve_identical_versions() {
     let mut bad = virtual_service("v1", "v2", None);
     bad["spec"]["hosts"] = json!([]);
     rig.api.apply(&bad);
-    let vs_events = || -> Vec<Value> {
-        rig.api
-            .events()
-            .into_iter()
-            .filter(|e| {
-                e["regarding"]["kind"] == "VirtualService" && e["regarding"]["name"] == "calc"
-            })
-            .collect()
-    };
     let event_writes = |method: &str, status: u16| {
         rig.api
             .requests()
@@ -1081,7 +1084,7 @@ fn two_replicas_on_one_api_server_serve_identical_versions() {
         || {
             let events = rig.api.events();
             let (created, exists) = (event_writes("POST", 201), event_writes("POST", 409));
-            if vs_events().len() == 1 && created == events.len() && exists == events.len() {
+            if rig.calc_events().len() == 1 && created == events.len() && exists == events.len() {
                 Ok(())
             } else {
                 Err(format!(
@@ -1106,7 +1109,7 @@ fn two_replicas_on_one_api_server_serve_identical_versions() {
         );
         assert!(distinct.insert(key), "two Events for one diagnostic: {e:#}");
     }
-    let first = vs_events().remove(0);
+    let first = rig.calc_events().remove(0);
     assert!(first["series"].is_null(), "{first:#}");
 
     // Fixed, then broken again alike: the replica that created the Event records the
@@ -1130,7 +1133,7 @@ fn two_replicas_on_one_api_server_serve_identical_versions() {
         "the recurrence is recorded as a series",
         CHANGE_TIMEOUT,
         || {
-            let events = vs_events();
+            let events = rig.calc_events();
             match events.as_slice() {
                 [e] if e["series"]["count"] == 2 => Ok(e.clone()),
                 _ => Err(format!("{events:#?}")),
@@ -1153,8 +1156,8 @@ fn two_replicas_on_one_api_server_serve_identical_versions() {
         1,
         "the recurrence is recorded once"
     );
-    assert_eq!(vs_events().len(), 1);
-    assert_eq!(vs_events()[0]["series"]["count"], 2);
+    assert_eq!(rig.calc_events().len(), 1);
+    assert_eq!(rig.calc_events()[0]["series"]["count"], 2);
 
     // A rollout: the error is fixed, replica b is replaced by a new replica c that never
     // wrote the Event, and the Event was last written long ago by a replica that is gone
@@ -1177,37 +1180,13 @@ fn two_replicas_on_one_api_server_serve_identical_versions() {
     drop(second);
     let mut third = Serve::start(&rig.kubeconfig, &[]);
     third.wait_ready();
-    let mut old = vs_events().remove(0);
+    let mut old = rig.calc_events().remove(0);
     old["series"]["lastObservedTime"] = json!("2026-01-01T00:00:00.000000Z");
     old["eventTime"] = json!("2026-01-01T00:00:00.000000Z");
     old["reportingInstance"] = json!("shadowplane-gone");
     rig.api.apply(&old);
     rig.api.apply(&bad);
-    eventually(
-        "the recurrence after the rollout is recorded",
-        CHANGE_TIMEOUT,
-        || {
-            let events = vs_events();
-            match events.as_slice() {
-                [e] if e["series"]["count"] == 3 => Ok(()),
-                _ => Err(format!("{events:#?}")),
-            }
-        },
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}\n{}\n--- replica c ---\n{}",
-            rig.context(),
-            third.tail()
-        )
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    let events = vs_events();
-    assert_eq!(events.len(), 1, "{events:#?}");
-    assert_eq!(
-        events[0]["series"]["count"], 3,
-        "one occurrence, counted once by two live replicas: {events:#?}"
-    );
+    let events = rig.wait_calc_event_counted(3, ("replica c", &third));
     assert_eq!(events[0]["metadata"]["name"], first["metadata"]["name"]);
     assert_ne!(
         events[0]["series"]["lastObservedTime"], "2026-01-01T00:00:00.000000Z",
