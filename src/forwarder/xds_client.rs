@@ -481,6 +481,13 @@ fn accept<F: Fn(Arc<Table>)>(
     status: &ClientStatus,
     on_table: &F,
 ) -> Result<(), Vec<CompileError>> {
+    if state.published && state.accepted[ty as usize] && candidate == state.res {
+        // The response repeats what is held (serve resends a changed cluster's unchanged load
+        // assignment for Envoy's warming; SotW resends full state after a warming push): the
+        // table in use is this one already.
+        status.update(|s| s.last_nack = None);
+        return Ok(());
+    }
     let table = compile(&candidate)?;
     let ready = state.published || warm(&candidate, &state.absent);
     state.res = candidate;
@@ -655,25 +662,6 @@ fn delta_apply<F: Fn(Arc<Table>)>(
     on_table: &F,
 ) -> (DeltaDiscoveryRequest, bool) {
     let mut errors = Vec::new();
-    // A response that only repeats what is held (the server resends a changed cluster's
-    // unchanged load assignment so that Envoy's warming cluster gets it) changes nothing:
-    // it is acknowledged without compiling or handing over a table.
-    let held = &state.versions[ty as usize];
-    let repeats_only = state.accepted[ty as usize]
-        && resp.removed_resources.is_empty()
-        && resp.resources.iter().all(|r| {
-            r.resource.is_some() && !r.version.is_empty() && held.get(&r.name) == Some(&r.version)
-        });
-    if repeats_only {
-        return (
-            DeltaDiscoveryRequest {
-                type_url: resp.type_url.clone(),
-                response_nonce: resp.nonce.clone(),
-                ..Default::default()
-            },
-            true,
-        );
-    }
     let mut candidate = state.res.clone();
     let mut versions = state.versions[ty as usize].clone();
     for r in &resp.resources {
