@@ -387,6 +387,11 @@ pub(super) fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + S
     })
 }
 
+/// Whether element `i` is marked reused (an index past the marks is not).
+fn marked(marks: &[bool], i: usize) -> bool {
+    marks.get(i).copied().unwrap_or(false)
+}
+
 /// The snapshot of `resources`, as [`Snapshot::from_resources`] builds it, reusing the encoding
 /// (canonical bytes and content hash) of every resource that `reused` marks as the previous
 /// build's (see [`build_reusing`]), from `previous_snapshot`, the snapshot of that build: after
@@ -411,28 +416,13 @@ pub(super) fn snapshot_reusing(
     );
     // The order of Snapshot::from_resources, so a duplicate name is reported the same way.
     reuse(&mut items, &resources.listeners, old_snapshot, |i, l| {
-        reused
-            .listeners
-            .get(i)
-            .copied()
-            .unwrap_or(false)
-            .then_some(&l.name)
+        marked(&reused.listeners, i).then_some(&l.name)
     });
     reuse(&mut items, &resources.routes, old_snapshot, |i, r| {
-        reused
-            .routes
-            .get(i)
-            .copied()
-            .unwrap_or(false)
-            .then_some(&r.name)
+        marked(&reused.routes, i).then_some(&r.name)
     });
     reuse(&mut items, &resources.clusters, old_snapshot, |i, c| {
-        reused
-            .clusters
-            .get(i)
-            .copied()
-            .unwrap_or(false)
-            .then_some(&c.name)
+        marked(&reused.clusters, i).then_some(&c.name)
     });
     reuse(&mut items, &resources.endpoints, old_snapshot, |_, e| {
         reused
